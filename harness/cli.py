@@ -1,0 +1,93 @@
+"""Command line front end: `python -m harness {run,list,validate,plan,report,merge} ...`.
+
+Each command's work lives in its own module; this file only parses arguments and maps
+user-fixable errors (SuiteError) to one message and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from harness.suite import SuiteError
+
+
+def _add_suite_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", help="path to a suite YAML file")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any suite key, e.g. model.d_model=128 or moe.capacity_factor=null (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness",
+        description="Benchmark Mixture-of-Experts models against FLOP-matched dense baselines.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="expand a suite and measure every case")
+    _add_suite_args(p)
+    p.add_argument("--out", help="output folder (default: reports/<suite>-<timestamp>)")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping measured cases")
+    p.add_argument("--rerun-failed", action="store_true", help="with --resume: run failed cases again")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some cases failed")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("--quiet", action="store_true", help="print only the final summary")
+    verbosity.add_argument("--verbose", action="store_true", help="also print worker logs")
+
+    p = sub.add_parser("list", help="print the expanded cases without running them")
+    _add_suite_args(p)
+
+    p = sub.add_parser("validate", help="check a suite against the schema")
+    _add_suite_args(p)
+
+    p = sub.add_parser("plan", help="parameters, FLOPs and memory of each case, without building weights")
+    p.add_argument("suite", help="a suite YAML file or a preset name (e.g. mixtral-8x7b)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    p = sub.add_parser("report", help="write report.html for a run (two runs: a comparison)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="where to write the comparison report (two runs)")
+
+    p = sub.add_parser("merge", help="combine shard outputs of one suite into one run")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            from harness.commands import validate
+
+            return validate(args)
+        if args.command == "list":
+            from harness.commands import list_cases
+
+            return list_cases(args)
+        if args.command == "run":
+            from harness.runner import main as run_main
+
+            return run_main(args)
+        if args.command == "plan":
+            from harness.plan import main as plan_main
+
+            return plan_main(args)
+        if args.command == "report":
+            from harness.report import main as report_main
+
+            return report_main(args)
+        if args.command == "merge":
+            from harness.merge import main as merge_main
+
+            return merge_main(args)
+    except SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")

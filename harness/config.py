@@ -1,0 +1,150 @@
+"""Typed, frozen configuration of one benchmark case.
+
+These models are the contract between the suite loader, the sweep, the accounting and the worker:
+everything a worker needs to rebuild a case exactly is in a `Case`, and its id is a hash of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+Activation = Literal["gelu", "swiglu"]
+Norm = Literal["layernorm", "rmsnorm"]
+Router = Literal["topk_softmax", "switch", "noisy_topk", "expert_choice", "sigmoid_bias"]
+Impl = Literal["loop", "grouped", "padded"]
+RoutingMode = Literal["learned", "balanced", "skewed"]
+Workload = Literal["train_step", "forward"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+BaselineKind = Literal["flop_matched", "param_matched"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Frozen):
+    """A decoder-only transformer LM. `d_ff` is the dense FFN width (and the default expert width)."""
+
+    vocab_size: PositiveInt = 256
+    d_model: PositiveInt = 64
+    n_layers: PositiveInt = 2
+    n_heads: PositiveInt = 4
+    n_kv_heads: Optional[PositiveInt] = None
+    head_dim: Optional[PositiveInt] = None
+    d_ff: PositiveInt = 256
+    seq_len: PositiveInt = 64
+    activation: Activation = "gelu"
+    norm: Norm = "layernorm"
+    tie_embeddings: bool = True
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelConfig":
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
+                "unless head_dim is given"
+            )
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
+        return self
+
+
+class MoEConfig(_Frozen):
+    """The MoE FFN that replaces the dense FFN on the selected layers."""
+
+    num_experts: PositiveInt = 8
+    top_k: PositiveInt = 2
+    capacity_factor: Optional[float] = Field(
+        default=1.25, description="expert capacity multiplier; null means dropless"
+    )
+    d_expert: Optional[PositiveInt] = Field(default=None, description="expert width; default model.d_ff")
+    every: PositiveInt = Field(default=1, description="MoE on every n-th layer (1 = all layers)")
+    first_dense: int = Field(default=0, ge=0, description="number of leading layers kept dense")
+    router: Router = "topk_softmax"
+    renormalize: bool = Field(default=False, description="renormalise the top-k weights to sum to 1")
+    impl: Impl = "loop"
+    aux_loss_coef: float = Field(default=0.01, ge=0)
+    z_loss_coef: float = Field(default=0.0, ge=0)
+    importance_loss_coef: float = Field(default=0.0, ge=0)
+    jitter_eps: float = Field(default=0.0, ge=0)
+    num_shared_experts: int = Field(default=0, ge=0)
+    d_shared: Optional[PositiveInt] = Field(default=None, description="shared expert width; default d_expert")
+    granularity: PositiveInt = Field(default=1, description="fine-grained split G: width d_expert/G, top_k*G, experts*G")
+    routing_mode: RoutingMode = "learned"
+    skew_exponent: float = Field(default=1.2, gt=0)
+    bias_update_rate: float = Field(default=1e-3, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoEConfig":
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k ({self.top_k}) must not exceed num_experts ({self.num_experts})")
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be > 0 or null (dropless), got {self.capacity_factor}")
+        return self
+
+    @property
+    def experts(self) -> int:
+        """Routed experts after fine-grained splitting."""
+        return self.num_experts * self.granularity
+
+    @property
+    def k(self) -> int:
+        """Experts per token after fine-grained splitting."""
+        return self.top_k * self.granularity
+
+    def expert_width(self, model: "ModelConfig") -> int:
+        return max(1, (self.d_expert or model.d_ff) // self.granularity)
+
+    def shared_width(self, model: "ModelConfig") -> int:
+        return self.d_shared or self.d_expert or model.d_ff
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return layer >= self.first_dense and (layer - self.first_dense) % self.every == 0
+
+
+class RunSettings(_Frozen):
+    """How a case is executed and measured; part of the case id since it changes the numbers."""
+
+    batch_size: PositiveInt = 4
+    dtype: Dtype = "float32"
+    device: Device = "auto"
+    seed: int = 0
+    warmup: int = Field(default=2, ge=0)
+    repeats: PositiveInt = 5
+    timeout_s: float = Field(default=600.0, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+
+
+class Case(_Frozen):
+    """One fully resolved model to measure. Baselines are ordinary cases with kind='dense'."""
+
+    kind: Literal["dense", "moe"]
+    model: ModelConfig
+    moe: Optional[MoEConfig] = None
+    run: RunSettings
+    baseline: Optional[BaselineKind] = Field(
+        default=None, description="for a derived dense case: which matching rule produced it"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "Case":
+        if (self.kind == "moe") != (self.moe is not None):
+            raise ValueError("an moe case needs an moe block and a dense case must not have one")
+        return self
+
+    @property
+    def id(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
