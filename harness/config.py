@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 Activation = Literal["gelu", "swiglu"]
 Norm = Literal["layernorm", "rmsnorm"]
+Positional = Literal["learned", "rope", "none"]
 Router = Literal["topk_softmax", "switch", "noisy_topk", "expert_choice", "sigmoid_bias"]
 Impl = Literal["loop", "grouped", "padded"]
 RoutingMode = Literal["learned", "balanced", "skewed"]
@@ -40,6 +41,9 @@ class ModelConfig(_Frozen):
     activation: Activation = "gelu"
     norm: Norm = "layernorm"
     tie_embeddings: bool = True
+    positional: Positional = Field(
+        default="learned", description="learned absolute embedding (seq_len x d_model), rope (no parameters) or none"
+    )
 
     @property
     def kv_heads(self) -> int:
@@ -81,6 +85,9 @@ class MoEConfig(_Frozen):
     jitter_eps: float = Field(default=0.0, ge=0)
     num_shared_experts: int = Field(default=0, ge=0)
     d_shared: Optional[PositiveInt] = Field(default=None, description="shared expert width; default d_expert")
+    shared_gate: bool = Field(
+        default=False, description="scale the shared experts' output by sigmoid(x @ w), w: d_model -> 1 (Qwen-MoE)"
+    )
     granularity: PositiveInt = Field(default=1, description="fine-grained split G: width d_expert/G, top_k*G, experts*G")
     routing_mode: RoutingMode = "learned"
     skew_exponent: float = Field(default=1.2, gt=0)
