@@ -1,0 +1,262 @@
+"""Parameters, FLOPs and memory of a model as pure functions of its config: no weights are built.
+
+Conventions (docs/accounting.md explains them for users):
+- A matmul of (m x n) by (n x p) costs 2*m*n*p FLOPs; element-wise work (activations, norms, softmax,
+  residual adds, the top-k combine) is not counted, as in torch's FlopCounterMode.
+- Attention scores are counted over the full seq_len x seq_len matrix (the PaLM convention): causal
+  masking is NOT credited, so a token's scores cost 4 * seq_len * n_heads * head_dim per layer.
+- Routed experts count top_k experts per token (useful FLOPs): capacity padding and dropped tokens are
+  execution effects measured at run time, not part of the model's FLOPs.
+- The router (d_model x experts per MoE layer) is counted, on the MoE side of every comparison.
+- Training FLOPs are 3x forward (backward = 2x forward: gradients w.r.t. inputs and weights).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, Optional
+
+from harness.config import ModelConfig, MoEConfig
+
+BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
+TRAIN_TO_FORWARD = 3.0
+
+MatchRule = Literal["flop_matched", "param_matched"]
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts by component; `active` counts what one token's forward pass touches."""
+
+    embedding: int
+    positional: int
+    attention: int
+    norms: int
+    dense_ffn: int
+    router: int
+    experts: int
+    experts_active: int
+    shared: int
+    lm_head: int
+
+    @property
+    def total(self) -> int:
+        return (self.embedding + self.positional + self.attention + self.norms + self.dense_ffn
+                + self.router + self.experts + self.shared + self.lm_head)
+
+    @property
+    def active(self) -> int:
+        return self.total - self.experts + self.experts_active
+
+    @property
+    def non_embedding(self) -> int:
+        return self.total - self.embedding - self.positional - self.lm_head
+
+
+@dataclass(frozen=True)
+class FlopBreakdown:
+    """Forward FLOPs per token, by component."""
+
+    attn_proj: float
+    attn_scores: float
+    router: float
+    routed_experts: float
+    shared_experts: float
+    dense_ffn: float
+    lm_head: float
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+
+def _ffn_matrices(model: ModelConfig) -> int:
+    return 3 if model.activation == "swiglu" else 2
+
+
+def _ffn_params(model: ModelConfig, width: int) -> int:
+    return _ffn_matrices(model) * model.d_model * width
+
+
+def _norm_params(model: ModelConfig) -> int:
+    return (2 if model.norm == "layernorm" else 1) * model.d_model
+
+
+def _attention_params(model: ModelConfig) -> int:
+    d, q, kv = model.d_model, model.n_heads * model.head_size, model.kv_heads * model.head_size
+    return d * q + 2 * d * kv + q * d
+
+
+def _moe_layers(model: ModelConfig, moe: Optional[MoEConfig]) -> int:
+    if moe is None:
+        return 0
+    return sum(moe.is_moe_layer(i) for i in range(model.n_layers))
+
+
+def routed_per_token(moe: MoEConfig) -> float:
+    """Expert evaluations per token: top_k for token-choice routers, capacity-based for expert choice."""
+    if moe.router == "expert_choice":
+        return moe.k * (moe.capacity_factor if moe.capacity_factor is not None else 1.0)
+    return float(moe.k)
+
+
+def _router_params(model: ModelConfig, moe: MoEConfig) -> int:
+    return model.d_model * moe.experts
+
+
+def param_counts(model: ModelConfig, moe: Optional[MoEConfig] = None) -> ParamCounts:
+    n_moe = _moe_layers(model, moe)
+    n_dense = model.n_layers - n_moe
+    experts = experts_active = shared = router = 0
+    if moe is not None and n_moe:
+        expert = _ffn_params(model, moe.expert_width(model))
+        experts = n_moe * moe.experts * expert
+        experts_active = round(n_moe * routed_per_token(moe) * expert)
+        shared = n_moe * (moe.num_shared_experts * _ffn_params(model, moe.shared_width(model))
+                          + (model.d_model if moe.shared_gate and moe.num_shared_experts else 0))
+        router = n_moe * _router_params(model, moe)
+    return ParamCounts(
+        embedding=model.vocab_size * model.d_model,
+        positional=model.seq_len * model.d_model if model.positional == "learned" else 0,
+        attention=model.n_layers * _attention_params(model),
+        norms=(2 * model.n_layers + 1) * _norm_params(model),
+        dense_ffn=n_dense * _ffn_params(model, model.d_ff),
+        router=router,
+        experts=experts,
+        experts_active=experts_active,
+        shared=shared,
+        lm_head=0 if model.tie_embeddings else model.vocab_size * model.d_model,
+    )
+
+
+def forward_flops(model: ModelConfig, moe: Optional[MoEConfig] = None, seq_len: Optional[int] = None) -> FlopBreakdown:
+    """Forward FLOPs per token for a sequence of `seq_len` tokens (default model.seq_len)."""
+    ctx = seq_len or model.seq_len
+    n_moe = _moe_layers(model, moe)
+    n_dense = model.n_layers - n_moe
+    attn_dim = model.n_heads * model.head_size
+    router = routed = shared = 0.0
+    if moe is not None and n_moe:
+        router = n_moe * 2.0 * _router_params(model, moe)
+        routed = n_moe * routed_per_token(moe) * 2.0 * _ffn_params(model, moe.expert_width(model))
+        shared = n_moe * 2.0 * (moe.num_shared_experts * _ffn_params(model, moe.shared_width(model))
+                                + (model.d_model if moe.shared_gate and moe.num_shared_experts else 0))
+    return FlopBreakdown(
+        attn_proj=model.n_layers * 2.0 * _attention_params(model),
+        attn_scores=model.n_layers * 4.0 * ctx * attn_dim,
+        router=router,
+        routed_experts=routed,
+        shared_experts=shared,
+        dense_ffn=n_dense * 2.0 * _ffn_params(model, model.d_ff),
+        lm_head=2.0 * model.vocab_size * model.d_model,
+    )
+
+
+def train_flops_per_token(model: ModelConfig, moe: Optional[MoEConfig] = None) -> float:
+    """Forward + backward FLOPs per token: 3x forward (backward computes input and weight gradients)."""
+    return TRAIN_TO_FORWARD * forward_flops(model, moe).total
+
+
+def match_error(a: float, b: float) -> float:
+    """Relative error of `a` against the target `b`."""
+    return abs(a - b) / abs(b)
+
+
+def matched_dense(model: ModelConfig, moe: MoEConfig, rule: MatchRule) -> ModelConfig:
+    """The dense peer of an MoE model: the same model with one uniform d_ff chosen by `rule`.
+
+    flop_matched: forward FLOPs/token equal the MoE's (router, shared experts and dense layers included).
+    param_matched: total parameters equal the MoE's.
+    Both quantities are affine in d_ff, so d_ff is solved for directly and rounded to the nearest integer.
+    """
+    if rule == "flop_matched":
+        measure = lambda m: forward_flops(m, None).total  # noqa: E731
+        target = forward_flops(model, moe).total
+    elif rule == "param_matched":
+        measure = lambda m: param_counts(m, None).total  # noqa: E731
+        target = param_counts(model, moe).total
+    else:
+        raise ValueError(f"unknown baseline rule {rule!r}; expected 'flop_matched' or 'param_matched'")
+    at_one = measure(model.model_copy(update={"d_ff": 1}))
+    slope = measure(model.model_copy(update={"d_ff": 2})) - at_one
+    d_ff = max(1, round(1 + (target - at_one) / slope))
+    return model.model_copy(update={"d_ff": d_ff})
+
+
+def summary(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
+    params = param_counts(model, moe)
+    flops = forward_flops(model, moe).total
+    return {
+        "params_total": params.total,
+        "params_active": params.active,
+        "flops_per_token": flops,
+        "train_flops_per_token": TRAIN_TO_FORWARD * flops,
+    }
+
+
+def _activation_elements_per_token(model: ModelConfig, moe: Optional[MoEConfig]) -> float:
+    """Elements saved for backward per token in eager PyTorch (no recomputation, fused SDPA attention).
+
+    Per block: two norm inputs and outputs (4d), q/k/v and the attention output, the FFN's input and
+    hidden tensors (GELU: pre- and post-activation; SwiGLU: gate, up, silu(gate), product); for an MoE
+    layer additionally the router logits and probabilities, the k gathered token copies with their
+    hidden tensors and outputs. Plus the final norm and the logits with their softmax.
+    """
+    d, hd = model.d_model, model.head_size
+    hidden = 4 if model.activation == "swiglu" else 2
+    attn = (2 * model.n_heads + 2 * model.kv_heads) * hd + model.n_heads
+    per_block = 4 * d + attn
+    total = 0.0
+    for layer in range(model.n_layers):
+        total += per_block
+        if moe is not None and moe.is_moe_layer(layer):
+            k = routed_per_token(moe)
+            total += 2 * moe.experts + k * (2 * d + hidden * moe.expert_width(model))
+            total += moe.num_shared_experts * hidden * moe.shared_width(model)
+        else:
+            total += hidden * model.d_ff
+    return total + 2 * d + 2 * model.vocab_size
+
+
+def memory_estimate(
+    model: ModelConfig,
+    moe: Optional[MoEConfig],
+    batch_size: int,
+    seq_len: Optional[int] = None,
+    dtype: str = "float32",
+    workload: str = "train_step",
+) -> dict:
+    """Bytes needed to train (weights, gradients, AdamW state, activations) or to serve (weights, KV cache).
+
+    Assumes parameters, gradients and both AdamW moments are stored in `dtype` (plain torch AdamW),
+    no activation recomputation, no sharding. A first-order estimate: allocator fragmentation, workspace
+    buffers and capacity padding are not included.
+    """
+    if dtype not in BYTES_PER_ELEMENT:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(BYTES_PER_ELEMENT)}")
+    width = BYTES_PER_ELEMENT[dtype]
+    seq = seq_len or model.seq_len
+    tokens = batch_size * seq
+    weights = param_counts(model, moe).total * width
+    if workload in ("train_step", "train", "training"):
+        out = {
+            "weights": weights,
+            "grads": weights,
+            "optimizer": 2 * weights,
+            "activations": math.ceil(tokens * _activation_elements_per_token(model, moe)) * width,
+        }
+    elif workload in ("forward", "decode", "inference"):
+        out = {
+            "weights": weights,
+            "kv_cache": 2 * model.n_layers * model.kv_heads * model.head_size * tokens * width,
+        }
+    else:
+        raise ValueError(f"unknown workload {workload!r}; expected train_step, forward or decode")
+    out["total"] = sum(out.values())
+    return out
+
+
+def param_breakdown(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
+    """Component counts plus totals, for tables and JSON output."""
+    counts = param_counts(model, moe)
+    return {**asdict(counts), "total": counts.total, "active": counts.active}
