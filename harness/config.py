@@ -17,7 +17,6 @@ Positional = Literal["learned", "rope", "none"]
 Router = Literal["topk_softmax", "switch", "noisy_topk", "expert_choice", "sigmoid_bias"]
 Impl = Literal["loop", "grouped", "padded"]
 RoutingMode = Literal["learned", "balanced", "skewed"]
-Workload = Literal["train_step", "forward"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 BaselineKind = Literal["flop_matched", "param_matched"]
@@ -129,7 +128,8 @@ class RunSettings(_Frozen):
     device: Device = "auto"
     seed: int = 0
     warmup: int = Field(default=2, ge=0)
-    repeats: PositiveInt = 5
+    repeats: PositiveInt = Field(default=5, description="minimum timed repeats")
+    min_time_s: float = Field(default=0.0, ge=0, description="keep repeating until this much time was measured")
     timeout_s: float = Field(default=600.0, gt=0)
     lr: float = Field(default=1e-3, gt=0)
 

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.config import BaselineKind, ModelConfig, MoEConfig, RunSettings, Workload
+from harness.config import BaselineKind, ModelConfig, MoEConfig, RunSettings
 
 
 class SuiteError(Exception):
@@ -48,6 +48,9 @@ class Sweep(BaseModel):
         return groups
 
 
+BUILTIN_WORKLOADS = ("train_step", "forward")
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,10 +59,27 @@ class Suite(BaseModel):
     model: ModelConfig = ModelConfig()
     moe: MoEConfig = MoEConfig()
     run: RunSettings = RunSettings()
-    workloads: list[Workload] = Field(default_factory=lambda: ["train_step", "forward"], min_length=1)
+    workloads: list[str] = Field(
+        default_factory=lambda: ["train_step", "forward"],
+        min_length=1,
+        description="built-in workload names, or 'package.module:function' for your own",
+    )
     sweep: Sweep = Sweep()
     baselines: list[BaselineKind] = Field(default_factory=lambda: ["flop_matched"])
     interleave: bool = Field(default=False, description="alternate each MoE case with its baseline")
+
+
+    @field_validator("workloads")
+    @classmethod
+    def _known_workloads(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if ":" not in name and name not in BUILTIN_WORKLOADS:
+                close = difflib.get_close_matches(name, BUILTIN_WORKLOADS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown workload {name!r} (known: {', '.join(BUILTIN_WORKLOADS)}){hint}")
+        if len(set(names)) != len(names):
+            raise ValueError("a workload is listed twice")
+        return names
 
 
 SWEEPABLE_SECTIONS = {"model": ModelConfig, "moe": MoEConfig, "run": RunSettings}

@@ -1,0 +1,240 @@
+"""Schedule every (case, workload) of a suite, one worker subprocess each, and store rows as they finish.
+
+Isolation: a worker that raises, runs out of memory, crashes or passes its timeout becomes a row
+with a status and a reason; the run goes on. Ctrl-C / SIGTERM stop after killing the worker in
+flight; everything finished is already on disk, and `--resume` carries on from there.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import Case
+from harness.progress import Progress
+from harness.results import case_columns
+from harness.store import RunStore
+from harness.suite import Suite, SuiteError, build_suite, load_suite
+from harness.sweep import Expansion, expand
+
+SIGNAL_NAMES = {getattr(signal, n): n for n in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGTERM", "SIGINT", "SIGILL", "SIGFPE")}
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: stop scheduling, keep what is stored."""
+
+
+@dataclass(frozen=True)
+class Job:
+    case: Case
+    workload: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.case.id, self.workload)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SuiteError(f"--shard {text!r}: expected I/N, e.g. 1/4") from None
+    if not 1 <= index <= count:
+        raise SuiteError(f"--shard {text!r}: need 1 <= I <= N")
+    return index, count
+
+
+def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
+    """Shards split by case id, so a case lands in the same shard however the suite is ordered."""
+    return shard is None or int(case_id, 16) % shard[1] == shard[0] - 1
+
+
+def jobs_for(suite: Suite, expansion: Expansion, shard: tuple[int, int] | None) -> list[Job]:
+    return [Job(case, w) for case in expansion if in_shard(case.id, shard) for w in suite.workloads]
+
+
+def _signal_reason(returncode: int) -> tuple[str, str]:
+    sig = -returncode
+    name = SIGNAL_NAMES.get(sig, f"signal {sig}")
+    if sig == signal.SIGKILL:
+        return "oom", f"worker killed by {name} (most often the OS out-of-memory killer)"
+    return "failed", f"worker crashed with {name}"
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def run_job(job: Job, run_dir: Path, echo_logs: bool = False) -> dict[str, Any]:
+    """Run one worker; always returns a result dict with a status, whatever happened to the worker."""
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    log_path = logs / f"{job.case.id}-{job.workload}.log"
+    with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
+        job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_path.write_text(json.dumps({"case": job.case.model_dump(mode="json"), "workload": job.workload}))
+        cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                returncode = proc.wait(timeout=job.case.run.timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                return {"status": "timeout", "error": f"no result after the {job.case.run.timeout_s:g} s timeout (run.timeout_s)"}
+            except BaseException:
+                _kill(proc)
+                raise
+        if echo_logs:
+            sys.stderr.write(log_path.read_text(errors="replace"))
+        if result_path.exists():
+            return json.loads(result_path.read_text())
+        if returncode < 0:
+            status, reason = _signal_reason(returncode)
+        else:
+            status, reason = "failed", f"worker exited with code {returncode} and no result"
+        tail = _last_line(log_path)
+        return {"status": status, "error": f"{reason}: {tail}" if tail else reason}
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _default_out(suite: Suite) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("reports") / f"{suite.name}-{stamp}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _load(args: argparse.Namespace) -> tuple[Suite, str, RunStore, dict[str, Any] | None]:
+    """The suite, its YAML text and the store; for --resume, taken from the run folder."""
+    if args.resume:
+        store = RunStore(Path(args.resume))
+        if not store.meta_path.exists():
+            raise SuiteError(f"--resume {args.resume}: no run.json there; not a run folder")
+        meta = store.read_meta()
+        suite = build_suite(meta["suite"], source=f"{args.resume}/run.json")
+        if args.suite:
+            given = load_suite(args.suite, tuple(args.overrides))
+            if given.model_dump() != suite.model_dump():
+                raise SuiteError(f"--resume {args.resume}: {args.suite} differs from the suite of that run")
+        return suite, meta.get("suite_yaml", ""), store, meta
+    if not args.suite:
+        raise SuiteError("run: give a suite file (or --resume DIR)")
+    suite = load_suite(args.suite, tuple(args.overrides))
+    out = Path(args.out) if args.out else _default_out(suite)
+    if (out / "rows.jsonl").exists():
+        raise SuiteError(f"--out {out}: already holds a run; use --resume {out} to continue it")
+    return suite, Path(args.suite).read_text(), RunStore(out), None
+
+
+def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main(args: argparse.Namespace) -> int:
+    from harness.environment import fingerprint
+
+    suite, suite_yaml, store, meta = _load(args)
+    shard = parse_shard(args.shard) if not meta else (tuple(meta["shard"]) if meta.get("shard") else None)
+    expansion = expand(suite)
+    jobs = jobs_for(suite, expansion, shard)
+    if meta is None:
+        meta = {
+            "suite": suite.model_dump(mode="json"),
+            "suite_yaml": suite_yaml,
+            "overrides": list(args.overrides),
+            "shard": list(shard) if shard else None,
+            "fingerprint": fingerprint(),
+            "started": _now(),
+            "finished": None,
+        }
+        store.write_meta(meta)
+    done = store.done(include_failed=not args.rerun_failed)
+    todo = [job for job in jobs if job.key not in done]
+
+    progress = Progress(total=len(jobs), done=len(jobs) - len(todo), quiet=args.quiet)
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = None
+    try:
+        with progress:
+            for job in todo:
+                progress.start(job.case.id, job.case.kind, job.workload)
+                started = time.perf_counter()
+                result = run_job(job, store.root, echo_logs=args.verbose)
+                row = _row(job, result, expansion, suite, meta)
+                for layer in result.get("routing_layers", []):
+                    layer.update(case_id=job.case.id, workload=job.workload)
+                store.append(row, result.get("routing_layers", []))
+                progress.finish(row, time.perf_counter() - started)
+    except Interrupted as exc:
+        interrupted = str(exc)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    meta["finished"] = _now()
+    meta["interrupted"] = interrupted
+    store.write_meta(meta)
+    store.write_tables()
+    if interrupted:
+        print(f"\nstopped by {interrupted}; finished rows are in {store.root} — continue with --resume {store.root}", file=sys.stderr)
+        return 130
+    frame = store.frame()
+    from harness.summary import print_summary
+
+    print_summary(frame)
+    if not args.no_report:
+        _write_report(store.root)
+    failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
+    print(f"results: {store.root}/results.csv ({len(frame)} rows, {failed} not ok)")
+    return 1 if failed and not args.allow_failures else 0
+
+
+def _row(job: Job, result: dict[str, Any], expansion: Expansion, suite: Suite, meta: dict[str, Any]) -> dict[str, Any]:
+    fp = meta["fingerprint"]
+    row = case_columns(job.case, expansion, suite.name)
+    row.update(
+        workload=job.workload,
+        status=result["status"],
+        error=result.get("error"),
+        harness_version=fp["harness_version"],
+        torch_version=fp["torch"],
+        git_commit=fp["git_commit"],
+    )
+    row.update(result.get("row", {}))
+    return row
+
+
+def _write_report(run_dir: Path) -> None:
+    try:
+        from harness.report import write_report
+    except ImportError:
+        return
+    try:
+        path = write_report(run_dir)
+        print(f"report: {path}")
+    except Exception as exc:  # noqa: BLE001 - a report problem must not lose the measured run
+        print(f"report could not be written ({type(exc).__name__}: {exc}); run `python -m harness report {run_dir}`", file=sys.stderr)

@@ -1,0 +1,101 @@
+"""Expand a suite into cases: the sweep grid and zip groups, then one derived dense baseline per rule.
+
+Baselines are ordinary dense cases; an MoE configuration that needs the same dense model shares it
+(the case id is a hash of the config, so equal configs collapse to one case).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from pydantic import ValidationError
+
+from harness import accounting
+from harness.config import Case
+from harness.suite import Suite, SuiteError, format_validation_error
+
+
+@dataclass
+class Expansion:
+    """The cases of a suite in run order, and who is matched to whom."""
+
+    cases: list[Case] = field(default_factory=list)
+    baseline_of: dict[str, dict[str, str]] = field(default_factory=dict)  # moe id -> {rule: dense id}
+    serves: dict[str, list[str]] = field(default_factory=dict)  # dense id -> moe ids
+
+    def __iter__(self) -> Iterator[Case]:
+        return iter(self.cases)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def by_id(self) -> dict[str, Case]:
+        return {case.id: case for case in self.cases}
+
+
+def _axes(suite: Suite) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+    axes = [((key,), [(v,) for v in values]) for key, values in suite.sweep.grid.items()]
+    for group in suite.sweep.zip:
+        keys = tuple(group)
+        axes.append((keys, list(zip(*group.values()))))
+    return axes
+
+
+def sweep_points(suite: Suite) -> list[dict[str, Any]]:
+    """Every assignment of the swept keys, in a deterministic order (grid first, then zip groups)."""
+    axes = _axes(suite)
+    points = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        point: dict[str, Any] = {}
+        for (keys, _), values in zip(axes, combo):
+            point.update(zip(keys, values))
+        points.append(point)
+    return points
+
+
+def _moe_case(suite: Suite, point: dict[str, Any]) -> Case:
+    base = {
+        "kind": "moe",
+        "model": suite.model.model_dump(),
+        "moe": suite.moe.model_dump(),
+        "run": suite.run.model_dump(),
+    }
+    data = copy.deepcopy(base)
+    for key, value in point.items():
+        section, _, name = key.partition(".")
+        data[section][name] = value
+    try:
+        return Case.model_validate(data)
+    except ValidationError as err:
+        where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+        raise SuiteError(format_validation_error(err, prefix=f"sweep point ({where}): ")) from None
+
+
+def expand(suite: Suite) -> Expansion:
+    out = Expansion()
+    seen: set[str] = set()
+
+    def add(case: Case) -> None:
+        if case.id not in seen:
+            seen.add(case.id)
+            out.cases.append(case)
+
+    for point in sweep_points(suite):
+        case = _moe_case(suite, point)
+        if case.id in seen:
+            continue
+        add(case)
+        out.baseline_of[case.id] = {}
+        for rule in suite.baselines:
+            dense = Case(
+                kind="dense",
+                model=accounting.matched_dense(case.model, case.moe, rule),
+                run=case.run,
+                baseline=rule,
+            )
+            add(dense)
+            out.baseline_of[case.id][rule] = dense.id
+            out.serves.setdefault(dense.id, []).append(case.id)
+    return out

@@ -1,0 +1,113 @@
+"""Measure one (case, workload) in a fresh process and write one JSON result.
+
+Protocol: `python -m harness.worker JOB.json RESULT.json`. The runner never trusts anything else
+this process prints (that is log). A crash without RESULT.json is turned into a failed row by the
+runner, so nothing here needs to survive a segfault or the OOM killer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import Case
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if requested == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(requested)
+
+
+def classify(exc: BaseException) -> str:
+    """'oom' for out-of-memory in any of its forms, 'failed' for everything else."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return "oom"
+    text = str(exc).lower()
+    if "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text:
+        return "oom"
+    return "failed"
+
+
+def one_line(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def measure(case: Case, workload_name: str) -> dict[str, Any]:
+    from harness import accounting
+    from harness.metrics import memory, routing
+    from harness.metrics.statistics import summarize
+    from harness.metrics.timing import time_steps
+    from harness.models.transformer import build_model
+    from harness.workloads import make_workload
+
+    torch.manual_seed(case.run.seed)
+    device = resolve_device(case.run.device)
+    dtype = getattr(torch, case.run.dtype)
+    model = build_model(case).to(device=device, dtype=dtype)
+    workload = make_workload(workload_name, model, case, device)
+
+    memory.reset_peak(device)
+    routing.reset(model)
+    timings = time_steps(workload.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s)
+    stats = summarize(timings.seconds, seed=case.run.seed)
+    routing_case, routing_layers = routing.collect(model)
+    peak = memory.peak_memory(device)
+
+    row: dict[str, Any] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "tokens_per_s": workload.tokens_per_step / stats.median,
+        "latency_ms_median": stats.median * 1e3,
+        "latency_ms_p90": stats.p90 * 1e3,
+        "latency_ms_iqr": stats.iqr * 1e3,
+        "latency_ms_ci_low": stats.ci_low * 1e3,
+        "latency_ms_ci_high": stats.ci_high * 1e3,
+        "repeats": stats.n,
+        "warmup_iterations": timings.warmup_iterations,
+        "noisy": stats.noisy,
+        "timer": timings.timer,
+        "tokens_per_step": workload.tokens_per_step,
+        "train_loss": workload.last_loss(),
+        "torch_threads": torch.get_num_threads(),
+        **peak,
+        **routing_case,
+        "samples_s": timings.seconds,
+    }
+    flops = accounting.summary(case.model, case.moe)
+    per_token = flops["train_flops_per_token"] if workload.training else flops["flops_per_token"]
+    row["achieved_tflops"] = per_token * row["tokens_per_s"] / 1e12
+    return {"row": row, "routing_layers": routing_layers}
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    job_path, result_path = Path(argv[0]), Path(argv[1])
+    job = json.loads(job_path.read_text())
+    case = Case.model_validate(job["case"])
+    try:
+        result = measure(case, job["workload"])
+        result["status"] = "ok"
+        result["error"] = None
+    except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case
+        traceback.print_exc()
+        result = {"status": classify(exc), "error": one_line(exc), "row": {}, "routing_layers": []}
+    write_json_atomic(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,39 @@
+"""Workloads: what one timed step does to a model. Adding one is a module plus one line in REGISTRY."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from harness.config import Case
+
+
+@dataclass
+class Workload:
+    step: Callable[[], None]
+    tokens_per_step: int
+    training: bool
+    last_loss: Callable[[], float | None] = lambda: None
+
+
+def sample_tokens(case: Case, device: torch.device) -> torch.Tensor:
+    """A fixed random batch: throughput does not depend on token identity, and this needs no data."""
+    generator = torch.Generator().manual_seed(case.run.seed + 1)
+    shape = (case.run.batch_size, case.model.seq_len + 1)
+    return torch.randint(0, case.model.vocab_size, shape, generator=generator).to(device)
+
+
+def _registry() -> dict[str, Callable[[torch.nn.Module, Case, torch.device], Workload]]:
+    from harness.workloads import forward, train_step
+
+    return {"train_step": train_step.make, "forward": forward.make}
+
+
+def make_workload(name: str, model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
+    """A built-in workload by name, or a user's `package.module:function` with the same signature."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        return getattr(importlib.import_module(module_name), attr)(model, case, device)
+    return _registry()[name](model, case, device)
