@@ -1,0 +1,265 @@
+"""Load a run's results as a typed pandas DataFrame and pair each MoE row with its dense baseline.
+
+This is the user-facing analysis API (`harness.load`, `harness.paired`) and what the report is
+built on. It reads files only; it never imports torch, so notebooks and CI stay light.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+STRING = "string"
+INT = "Int64"
+FLOAT = "float64"
+BOOL = "boolean"
+
+DTYPES: dict[str, str] = {
+    # identity and outcome
+    "case_id": STRING, "kind": STRING, "baseline": STRING, "matched_to": STRING,
+    "param_matched_to": STRING, "workload": STRING, "status": STRING, "error": STRING, "suite": STRING,
+    # configuration
+    "num_experts": INT, "top_k": INT, "capacity_factor": FLOAT, "dropless": BOOL, "router": STRING,
+    "impl": STRING, "routing_mode": STRING, "granularity": INT, "num_shared_experts": INT,
+    "d_model": INT, "n_layers": INT, "d_ff": INT, "d_expert": INT, "activation": STRING,
+    "seq_len": INT, "batch_size": INT, "dtype": STRING, "device": STRING, "device_name": STRING,
+    "seed": INT,
+    # accounting
+    "params_total": INT, "params_active": INT, "flops_per_token": FLOAT, "train_flops_per_token": FLOAT,
+    "baseline_flops_per_token": FLOAT, "flop_match_error": FLOAT, "measured_flops_per_token": FLOAT,
+    # timing
+    "tokens_per_s": FLOAT, "latency_ms_median": FLOAT, "latency_ms_p90": FLOAT, "latency_ms_iqr": FLOAT,
+    "latency_ms_ci_low": FLOAT, "latency_ms_ci_high": FLOAT, "repeats": INT, "warmup_iterations": INT,
+    "timer": STRING, "noisy": BOOL, "tokens_per_step": INT, "train_loss": FLOAT, "torch_threads": INT,
+    "throughput_ratio_ci_low": FLOAT, "throughput_ratio_ci_high": FLOAT,
+    # memory
+    "peak_memory_bytes": INT, "memory_source": STRING,
+    # energy
+    "energy_j": FLOAT, "energy_j_per_token": FLOAT, "avg_power_w": FLOAT, "idle_power_w": FLOAT,
+    "energy_source": STRING, "achieved_tflops": FLOAT, "mfu": FLOAT,
+    # routing
+    "dropped_fraction": FLOAT, "load_cv": FLOAT, "max_mean_load": FLOAT, "experts_unused": FLOAT,
+    "router_entropy": FLOAT, "realized_capacity_factor": FLOAT, "aux_loss": FLOAT, "causal": BOOL,
+    # quality
+    "val_loss": FLOAT,
+    # provenance
+    "harness_version": STRING, "torch_version": STRING, "git_commit": STRING,
+}
+"""Every known result column and the pandas dtype `load` gives it.
+
+Strings use pandas' nullable "string" dtype, counts the nullable "Int64" (dense rows have no
+`num_experts`), measurements float64 with NaN where not measured, flags the nullable "boolean".
+Columns a run did not record are added, all missing, and listed in `df.attrs["absent_columns"]`.
+"""
+
+# The columns a missing value of this metric is explained by (a '*_source' column or the error).
+SOURCE_OF = {
+    "energy_j": "energy_source", "energy_j_per_token": "energy_source", "avg_power_w": "energy_source",
+    "idle_power_w": "energy_source", "peak_memory_bytes": "memory_source",
+}
+
+_BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+class RunError(Exception):
+    """A run folder that cannot be read (missing or malformed results); a user-fixable problem."""
+
+
+def _results_file(run_dir: Path) -> Path:
+    if run_dir.is_file():
+        return run_dir
+    for name in ("results.parquet", "results.csv"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise RunError(f"{run_dir}: no results.parquet or results.csv (is this a run folder?)")
+
+
+def _as_bool(series: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype(BOOL)
+    text = series.astype("string").str.strip().str.lower()
+    return text.map(_BOOL_TEXT, na_action="ignore").astype(object).astype(BOOL)
+
+
+def _coerce(series: pd.Series, dtype: str) -> pd.Series:
+    if dtype == BOOL:
+        return _as_bool(series)
+    if dtype == STRING:
+        out = series.astype("string")
+        return out.mask(out.str.strip() == "")
+    numeric = pd.to_numeric(series, errors="coerce")
+    if dtype == INT:
+        rounded = numeric.round()
+        if not (rounded.isna() | (rounded == numeric)).all():
+            return numeric.astype(FLOAT)
+        return rounded.astype(INT)
+    return numeric.astype(FLOAT)
+
+
+def _empty(index: pd.Index, dtype: str) -> pd.Series:
+    return pd.Series(pd.array([None] * len(index), dtype=dtype), index=index)
+
+
+def load(run_dir: str | Path) -> pd.DataFrame:
+    """Results of a run as a DataFrame, one row per (case, workload), with the dtypes in `DTYPES`.
+
+    Reads `results.parquet` when present, else `results.csv` (ids such as '120e45678901' stay
+    strings). Unknown extra columns are kept as read.
+    """
+    path = _results_file(Path(run_dir))
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        text_cols = [c for c, t in DTYPES.items() if t in (STRING, BOOL)]
+        try:
+            df = pd.read_csv(path, dtype={c: "string" for c in text_cols}, keep_default_na=True)
+        except pd.errors.EmptyDataError:
+            raise RunError(f"{path}: empty results file") from None
+    for col in ("case_id", "kind", "workload", "status"):
+        if col not in df.columns:
+            raise RunError(f"{path}: required column {col!r} is missing")
+    absent = [c for c in DTYPES if c not in df.columns]
+    for col, dtype in DTYPES.items():
+        df[col] = _coerce(df[col], dtype) if col in df.columns else _empty(df.index, dtype)
+    df.attrs["absent_columns"] = absent
+    df.attrs["source"] = str(path)
+    return df
+
+
+def load_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """run.json of a run (suite, suite_yaml, fingerprint, started, finished); {} when absent."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def load_routing_layers(run_dir: str | Path) -> pd.DataFrame | None:
+    """Per-layer routing statistics (routing_layers.csv), or None when the run has none."""
+    path = Path(run_dir) / "routing_layers.csv"
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    return pd.read_csv(path, dtype={"case_id": "string", "workload": "string"})
+
+
+# Dense-baseline columns carried into `paired` (prefixed 'dense_').
+DENSE_COLUMNS = [
+    "case_id", "status", "error", "d_ff", "params_total", "params_active", "flops_per_token",
+    "train_flops_per_token", "tokens_per_s", "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high",
+    "noisy", "peak_memory_bytes", "energy_j_per_token", "energy_source", "achieved_tflops", "val_loss",
+]
+
+RATIOS = {
+    "throughput_ratio": "tokens_per_s",
+    "latency_ratio": "latency_ms_median",
+    "memory_ratio": "peak_memory_bytes",
+    "energy_per_token_ratio": "energy_j_per_token",
+    "quality_ratio": "val_loss",
+}
+"""Ratio column -> metric; each ratio is MoE / dense, so throughput > 1 and the others < 1 favour MoE."""
+
+_BASELINE_ID_COLUMNS = {"flop_matched": ("matched_to", "param_matched_to"), "param_matched": ("param_matched_to", "matched_to")}
+
+
+def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    return (num / den.where(den > 0)).where(num >= 0)
+
+
+def paired(df: pd.DataFrame, baseline: str = "flop_matched") -> pd.DataFrame:
+    """One row per MoE row with its dense baseline (same workload) and MoE/dense ratio columns.
+
+    The result holds the MoE row's own columns, the baseline's `DENSE_COLUMNS` prefixed `dense_`,
+    `dense_baseline` (the rule), the `RATIOS` columns and throughput/latency ratio CIs. A ratio is
+    NaN unless both rows are 'ok' and both values were measured; MoE rows without a measured
+    baseline are kept (ratios NaN).
+
+    Throughput-ratio CI: the run's interleaved `throughput_ratio_ci_low/high` when present
+    (`throughput_ratio_ci_method='interleaved'`); otherwise the box of the two latency CIs,
+    lo = r * (dense_ci_low / dense_median) * (moe_median / moe_ci_high), hi likewise with the
+    other bounds (= dense_ci_low / moe_ci_high when throughput = tokens / median latency;
+    method 'latency_ci_bounds'). With two independent 95% intervals it covers the true ratio with
+    probability >= 90% and is wider than a joint interval.
+    """
+    if baseline not in _BASELINE_ID_COLUMNS:
+        raise ValueError(f"baseline must be one of {sorted(_BASELINE_ID_COLUMNS)}, got {baseline!r}")
+    moe = df[df["kind"] == "moe"].copy()
+    dense = df[(df["kind"] == "dense") & (df["baseline"] == baseline)]
+    dense = dense.drop_duplicates(["case_id", "workload"], keep="last")
+    dense_ids = set(dense["case_id"].dropna())
+
+    def pick(row: pd.Series) -> Any:
+        for col in _BASELINE_ID_COLUMNS[baseline]:
+            value = row.get(col)
+            if isinstance(value, str) and value in dense_ids:
+                return value
+        return pd.NA
+
+    moe["_dense_id"] = pd.array([pick(r) for _, r in moe.iterrows()], dtype=STRING) if len(moe) else pd.array([], dtype=STRING)
+    right = dense[[c for c in DENSE_COLUMNS if c in dense.columns] + ["workload"]].rename(
+        columns={c: f"dense_{c}" for c in DENSE_COLUMNS}
+    )
+    out = moe.merge(right, how="left", left_on=["_dense_id", "workload"], right_on=["dense_case_id", "workload"])
+    out = out.drop(columns="_dense_id")
+    out.attrs = dict(df.attrs)
+    out["dense_baseline"] = pd.array([baseline if isinstance(v, str) else pd.NA for v in out["dense_case_id"]], dtype=STRING)
+
+    both_ok = (out["status"] == "ok") & (out["dense_status"] == "ok")
+    both_ok = both_ok.fillna(False).astype(bool)
+    for ratio, metric in RATIOS.items():
+        out[ratio] = _ratio(_col(out, metric), _col(out, f"dense_{metric}")).where(both_ok)
+    _ratio_cis(out, both_ok)
+    return out.reset_index(drop=True)
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    if name in df.columns:
+        return pd.to_numeric(df[name], errors="coerce").astype(FLOAT)
+    return pd.Series(np.nan, index=df.index, dtype=FLOAT)
+
+
+def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series) -> None:
+    m_med, m_lo, m_hi = (_col(out, f"latency_ms_{s}") for s in ("median", "ci_low", "ci_high"))
+    d_med, d_lo, d_hi = (_col(out, f"dense_latency_ms_{s}") for s in ("median", "ci_low", "ci_high"))
+    valid = both_ok & (m_lo > 0) & (m_hi > 0) & (d_lo > 0) & (d_hi > 0) & (m_med > 0) & (d_med > 0)
+    r = out["throughput_ratio"]
+    lo = (r * (d_lo / d_med) * (m_med / m_hi)).where(valid)
+    hi = (r * (d_hi / d_med) * (m_med / m_lo)).where(valid)
+    method = pd.Series(pd.NA, index=out.index, dtype=STRING).mask(valid & lo.notna(), "latency_ci_bounds")
+
+    inter_lo, inter_hi = _col(out, "throughput_ratio_ci_low"), _col(out, "throughput_ratio_ci_high")
+    use = both_ok & inter_lo.notna() & inter_hi.notna()
+    lo, hi = lo.mask(use, inter_lo), hi.mask(use, inter_hi)
+    method = method.mask(use, "interleaved")
+    out["throughput_ratio_ci_low"], out["throughput_ratio_ci_high"] = lo, hi
+    out["throughput_ratio_ci_method"] = method
+    out["latency_ratio_ci_low"] = (m_lo / d_hi).where(valid)
+    out["latency_ratio_ci_high"] = (m_hi / d_lo).where(valid)
+
+
+def config_label(row: pd.Series, extra: tuple[str, ...] = ()) -> str:
+    """A short human name for an MoE configuration, e.g. 'E8 k2 cf1.25' or 'E8 k2 dropless router=switch'."""
+    parts = []
+    if pd.notna(row.get("num_experts")):
+        parts.append(f"E{int(row['num_experts'])}")
+    if pd.notna(row.get("top_k")):
+        parts.append(f"k{int(row['top_k'])}")
+    parts.append(capacity_label(row.get("capacity_factor"), row.get("kind")))
+    for col in extra:
+        value = row.get(col)
+        if value is not None and not pd.isna(value):
+            parts.append(f"{col}={value}")
+    return " ".join(p for p in parts if p)
+
+
+def capacity_label(value: Any, kind: Any = "moe") -> str:
+    if kind == "dense":
+        return ""
+    if value is None or pd.isna(value):
+        return "dropless"
+    return f"cf{float(value):g}"
