@@ -1,0 +1,184 @@
+"""`python -m harness plan SUITE_OR_PRESET`: parameters, FLOPs and memory of every case, from configs alone.
+
+Nothing is allocated, so it answers in seconds for hundred-billion-parameter models. A suite is expanded
+exactly as `run` would (MoE cases and their derived dense baselines); a preset name plans that model
+and its dense peer, if the preset names one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import ValidationError
+
+from harness import accounting, presets
+from harness.config import Case, ModelConfig, MoEConfig, RunSettings
+from harness.suite import SuiteError, apply_override, format_validation_error, load_suite
+
+GIB = 2**30
+
+COLUMNS = [
+    "case_id", "name", "kind", "baseline", "matched_to", "match_error",
+    "experts", "top_k", "d_ff", "d_expert",
+    "params_total", "params_active", "gflops_per_token", "train_gflops_per_token",
+    "batch_size", "seq_len", "dtype", "train_memory_gib", "inference_memory_gib",
+]
+
+
+def _row(case: Case, name: str, matched_to: Optional[Case] = None) -> dict[str, Any]:
+    model, moe, run = case.model, case.moe, case.run
+    summary = accounting.summary(model, moe)
+    train = accounting.memory_estimate(model, moe, run.batch_size, model.seq_len, run.dtype, "train_step")
+    infer = accounting.memory_estimate(model, moe, run.batch_size, model.seq_len, run.dtype, "forward")
+    error = None
+    if matched_to is not None and case.baseline is not None:
+        target = accounting.summary(matched_to.model, matched_to.moe)
+        key = "flops_per_token" if case.baseline == "flop_matched" else "params_total"
+        error = accounting.match_error(summary[key], target[key])
+    return {
+        "case_id": case.id,
+        "name": name,
+        "kind": case.kind,
+        "baseline": case.baseline,
+        "matched_to": matched_to.id if matched_to is not None else None,
+        "match_error": error,
+        "experts": moe.experts if moe else None,
+        "top_k": moe.k if moe else None,
+        "d_ff": model.d_ff,
+        "d_expert": moe.expert_width(model) if moe else None,
+        "params_total": summary["params_total"],
+        "params_active": summary["params_active"],
+        "gflops_per_token": summary["flops_per_token"] / 1e9,
+        "train_gflops_per_token": summary["train_flops_per_token"] / 1e9,
+        "batch_size": run.batch_size,
+        "seq_len": model.seq_len,
+        "dtype": run.dtype,
+        "train_memory_gib": train["total"] / GIB,
+        "inference_memory_gib": infer["total"] / GIB,
+    }
+
+
+def _suite_rows(path: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
+    from harness.sweep import expand
+
+    suite = load_suite(path, overrides)
+    expansion = expand(suite)
+    by_id = expansion.by_id()
+    matched_to = {dense: by_id[moes[0]] for dense, moes in expansion.serves.items()}
+    rows = []
+    for case in expansion:
+        if case.kind == "moe":
+            name = _variant(case, suite) or suite.name
+        else:
+            name = f"{case.baseline} baseline"
+        rows.append(_row(case, name, matched_to.get(case.id)))
+    return rows
+
+
+def _variant(case: Case, suite: Any) -> str:
+    """The swept values of this case, as `key=value` (empty when the suite sweeps nothing)."""
+    keys = list(suite.sweep.grid) + [key for group in suite.sweep.zip for key in group]
+    parts = []
+    for key in keys:
+        section, _, field = key.partition(".")
+        parts.append(f"{field}={getattr(getattr(case, section), field)}")
+    return " ".join(parts)
+
+
+def _preset_case(name: str, overrides: tuple[str, ...]) -> Case:
+    """A preset as a case. Defaults to bfloat16 (how published models are trained); --set wins."""
+    data: dict[str, Any] = {**presets.resolve(name), "run": {"dtype": "bfloat16"}}
+    is_moe = "moe" in data
+    for assignment in overrides:
+        if assignment.partition("=")[0].strip().startswith("moe.") and not is_moe:
+            continue
+        apply_override(data, assignment)
+    try:
+        return Case(
+            kind="moe" if is_moe else "dense",
+            model=ModelConfig.model_validate(data["model"]),
+            moe=MoEConfig.model_validate(data["moe"]) if is_moe else None,
+            run=RunSettings.model_validate(data.get("run") or {}),
+        )
+    except ValidationError as err:
+        raise SuiteError(format_validation_error(err, prefix=f"preset {name}: ")) from None
+
+
+def _preset_rows(name: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = [_row(_preset_case(name, overrides), name)]
+    peer = presets.info(name).dense_peer
+    if peer is not None:
+        rows.append(_row(_preset_case(peer, overrides), f"{peer} (dense peer)"))
+    return rows
+
+
+def plan_rows(target: str, overrides: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Rows for a suite file or a preset name."""
+    if target in presets.names():
+        return _preset_rows(target, overrides)
+    if Path(target).exists() or target.endswith((".yaml", ".yml")):
+        return _suite_rows(target, overrides)
+    raise SuiteError(f"{target}: neither a suite file nor a preset; presets: {', '.join(presets.names())}")
+
+
+def _human(n: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return f"{n:.0f}"
+
+
+def _bytes(gib: float) -> str:
+    for scale, suffix in ((1024.0, "TiB"), (1.0, "GiB"), (1 / 1024, "MiB"), (1 / 1024**2, "KiB")):
+        if gib >= scale:
+            return f"{gib / scale:.1f} {suffix}"
+    return f"{gib * 2**30:.0f} B"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    headers = ["case_id", "name", "kind", "experts", "top_k", "d_ff", "params", "active", "GFLOP/tok fwd",
+               "GFLOP/tok train", "train mem", "infer mem", "matched"]
+    body = []
+    for r in rows:
+        matched = f"{r['baseline']} ({r['match_error']:.2%} off)" if r["baseline"] and r["match_error"] is not None else ""
+        body.append([
+            r["case_id"], r["name"], r["kind"],
+            "-" if r["experts"] is None else str(r["experts"]),
+            "-" if r["top_k"] is None else str(r["top_k"]),
+            str(r["d_ff"]), _human(r["params_total"]), _human(r["params_active"]),
+            f"{r['gflops_per_token']:.4g}", f"{r['train_gflops_per_token']:.4g}",
+            _bytes(r["train_memory_gib"]), _bytes(r["inference_memory_gib"]), matched,
+        ])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("-" * len(lines[0]))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
+    if rows:
+        first = rows[0]
+        lines.append(
+            f"memory at batch {first['batch_size']} x seq_len {first['seq_len']} in {first['dtype']}: training = weights + "
+            "grads + AdamW state + activations, inference = weights + KV cache (see docs/accounting.md)"
+        )
+    return "\n".join(lines)
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+        return out.getvalue().rstrip("\n")
+    return format_table(rows)
+
+
+def main(args: argparse.Namespace) -> int:
+    rows = plan_rows(args.suite, tuple(args.overrides))
+    print(format_rows(rows, args.format))
+    return 0

@@ -1,0 +1,137 @@
+"""Presets reproduce their authors' published parameter counts and plug into suites and `plan`."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from harness import accounting, presets
+from harness.cli import main as cli_main
+from harness.config import ModelConfig, MoEConfig
+from harness.plan import plan_rows
+from harness.suite import SuiteError, build_suite
+
+
+def _configs(name: str) -> tuple[ModelConfig, MoEConfig | None]:
+    raw = presets.resolve(name)
+    return ModelConfig(**raw["model"]), (MoEConfig(**raw["moe"]) if "moe" in raw else None)
+
+
+def _tolerance(published: float) -> float:
+    """1%, or half a unit of the published figure's last digit when it was rounded more coarsely.
+
+    Authors round to two or three significant digits; OLMoE's "1.3B active" is 1.282B by its architecture.
+    """
+    exponent = math.floor(math.log10(published))
+    digits = len(f"{published / 10**exponent:g}".replace(".", ""))
+    return max(0.01, 0.5 * 10 ** (exponent - digits + 1) / published)
+
+
+EXPECTED = {"mixtral-8x7b", "mistral-7b", "mixtral-8x22b", "olmoe-1b-7b", "olmo-1b", "qwen1.5-moe-a2.7b"}
+
+
+def test_all_required_presets_exist():
+    assert EXPECTED <= set(presets.names())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_published_parameter_counts(name):
+    model, moe = _configs(name)
+    counts = accounting.param_counts(model, moe)
+    published = presets.info(name).published
+    assert published is not None and published.source.startswith("http")
+    assert accounting.match_error(counts.total, published.total) < _tolerance(published.total)
+    assert accounting.match_error(counts.active, published.active) < _tolerance(published.active)
+
+
+def test_tolerance_is_one_percent_unless_published_figure_is_coarser():
+    assert _tolerance(46.7e9) == 0.01
+    assert _tolerance(1.3e9) == pytest.approx(0.05 / 1.3)
+
+
+def test_mixtral_hand_checked():
+    model, moe = _configs("mixtral-8x7b")
+    attention = 2 * 4096 * 4096 + 2 * 4096 * 1024
+    expert = 3 * 4096 * 14336
+    per_layer = attention + 8 * expert + 4096 * 8 + 2 * 4096
+    assert accounting.param_counts(model, moe).total == 32 * per_layer + 2 * 32000 * 4096 + 4096
+    assert accounting.matched_dense(model, moe, "flop_matched").d_ff == round(2 * 14336 + 8 / 3)
+
+
+def test_dense_peers_are_dense_presets():
+    for name in presets.names():
+        peer = presets.info(name).dense_peer
+        if peer is not None:
+            assert "moe" not in presets.resolve(peer)
+            peer_model, _ = _configs(peer)
+            model, _ = _configs(name)
+            assert (peer_model.d_model, peer_model.vocab_size) == (model.d_model, model.vocab_size)
+
+
+def test_unknown_preset_error_lists_known_names():
+    with pytest.raises(KeyError, match="unknown preset 'mixtral-9x9b'; known: .*mixtral-8x7b"):
+        presets.resolve("mixtral-9x9b")
+
+
+def test_preset_in_suite_with_user_override():
+    suite = build_suite({"name": "t", "model": {"preset": "qwen1.5-moe-a2.7b", "seq_len": 128},
+                         "moe": {"top_k": 2}})
+    assert suite.model.d_model == 2048 and suite.model.seq_len == 128
+    assert suite.moe.shared_gate and suite.moe.num_experts == 60 and suite.moe.top_k == 2
+    with pytest.raises(SuiteError, match="unknown preset"):
+        build_suite({"name": "t", "model": {"preset": "nope"}})
+
+
+def test_plan_preset_is_fast_and_allocates_nothing(monkeypatch):
+    import torch
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("plan must not allocate tensors")
+
+    for fn in ("empty", "zeros", "randn", "rand", "ones", "tensor"):
+        monkeypatch.setattr(torch, fn, forbidden)
+    start = time.perf_counter()
+    rows = plan_rows("mixtral-8x22b") + plan_rows("mixtral-8x7b")
+    assert time.perf_counter() - start < 5
+    assert [r["name"] for r in rows] == ["mixtral-8x22b", "mixtral-8x7b", "mistral-7b (dense peer)"]
+    assert rows[0]["params_total"] > 140e9
+
+
+def test_plan_preset_memory_and_overrides():
+    (moe_row, dense_row) = plan_rows("mixtral-8x7b", ("run.batch_size=1", "model.seq_len=4096", "moe.top_k=1"))
+    assert moe_row["seq_len"] == dense_row["seq_len"] == 4096 and moe_row["top_k"] == 1
+    model, moe = _configs("mixtral-8x7b")
+    weights = 2 * accounting.param_counts(model, moe).total
+    kv = 2 * 32 * 8 * 128 * 4096 * 2
+    assert moe_row["inference_memory_gib"] * 2**30 == pytest.approx(weights + kv)
+    assert moe_row["train_memory_gib"] * 2**30 > 4 * weights
+
+
+def test_plan_cli_formats(tmp_path, capsys):
+    assert cli_main(["plan", "olmoe-1b-7b", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["params_active"] == accounting.param_counts(*_configs("olmoe-1b-7b")).active
+    assert rows[1]["name"] == "olmo-1b (dense peer)"
+    assert cli_main(["plan", "qwen1.5-moe-a2.7b", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("case_id,name,kind") and len(lines) == 2
+    assert cli_main(["plan", "mixtral-8x7b"]) == 0
+    assert "mistral-7b (dense peer)" in capsys.readouterr().out
+    assert cli_main(["plan", "no-such-thing"]) == 2
+    assert "neither a suite file nor a preset" in capsys.readouterr().err
+
+
+def test_plan_suite_lists_baselines_with_their_match(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: s\nmodel: {d_model: 32, n_heads: 2, d_ff: 64, activation: swiglu}\n"
+        "sweep: {grid: {moe.num_experts: [4, 8]}}\nbaselines: [flop_matched, param_matched]\n"
+    )
+    rows = plan_rows(str(suite))
+    assert [r["kind"] for r in rows] == ["moe", "dense", "dense", "moe", "dense", "dense"]
+    for r in rows:
+        if r["kind"] == "dense":
+            assert r["match_error"] < 0.01 and r["matched_to"] is not None
+    assert rows[0]["name"] == "num_experts=4"
