@@ -130,7 +130,10 @@ class RunSettings(_Frozen):
     warmup: int = Field(default=2, ge=0)
     repeats: PositiveInt = Field(default=5, description="minimum timed repeats")
     min_time_s: float = Field(default=0.0, ge=0, description="keep repeating until this much time was measured")
-    timeout_s: float = Field(default=600.0, gt=0)
+    timeout_s: float = Field(default=600.0, gt=0, description="per (case, workload) limit; past it the row is 'timeout'")
+    memory_limit_mb: Optional[PositiveInt] = Field(
+        default=None, description="cap the worker's memory so a runaway case fails as 'oom' instead of taking the machine"
+    )
     lr: float = Field(default=1e-3, gt=0)
 
 

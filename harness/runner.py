@@ -64,12 +64,31 @@ def jobs_for(suite: Suite, expansion: Expansion, shard: tuple[int, int] | None) 
     return [Job(case, w) for case in expansion if in_shard(case.id, shard) for w in suite.workloads]
 
 
-def _signal_reason(returncode: int) -> tuple[str, str]:
+OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
+
+
+def oom_kills() -> int | None:
+    """The cgroup's OOM-kill counter, when this machine exposes it (cgroup v2)."""
+    try:
+        for line in OOM_EVENTS.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _signal_reason(returncode: int, oom_before: int | None, oom_after: int | None) -> tuple[str, str]:
     sig = -returncode
     name = SIGNAL_NAMES.get(sig, f"signal {sig}")
-    if sig == signal.SIGKILL:
-        return "oom", f"worker killed by {name} (most often the OS out-of-memory killer)"
-    return "failed", f"worker crashed with {name}"
+    if sig != signal.SIGKILL:
+        return "failed", f"worker crashed with {name}"
+    if oom_before is not None and oom_after is not None:
+        if oom_after > oom_before:
+            return "oom", "worker killed by the OS out-of-memory killer (cgroup oom_kill rose)"
+        return "failed", f"worker killed by {name} (not by the cgroup OOM killer)"
+    return "oom", f"worker killed by {name}, most likely the OS out-of-memory killer (cannot confirm on this machine)"
 
 
 def _last_line(log: Path) -> str:
@@ -89,6 +108,7 @@ def run_job(job: Job, run_dir: Path, echo_logs: bool = False) -> dict[str, Any]:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps({"case": job.case.model_dump(mode="json"), "workload": job.workload}))
         cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
+        oom_before = oom_kills()
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
@@ -104,7 +124,7 @@ def run_job(job: Job, run_dir: Path, echo_logs: bool = False) -> dict[str, Any]:
         if result_path.exists():
             return json.loads(result_path.read_text())
         if returncode < 0:
-            status, reason = _signal_reason(returncode)
+            status, reason = _signal_reason(returncode, oom_before, oom_kills())
         else:
             status, reason = "failed", f"worker exited with code {returncode} and no result"
         tail = _last_line(log_path)

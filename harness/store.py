@@ -25,7 +25,7 @@ def write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
@@ -51,7 +51,7 @@ class RunStore:
     def read_meta(self) -> dict[str, Any]:
         return json.loads(self.meta_path.read_text())
 
-    def _append(self, path: Path, records: list[dict[str, Any]]) -> None:
+    def append_records(self, path: Path, records: list[dict[str, Any]]) -> None:
         if not records:
             return
         with open(path, "a") as f:
@@ -61,14 +61,14 @@ class RunStore:
             os.fsync(f.fileno())
 
     def append(self, row: dict[str, Any], layers: list[dict[str, Any]] = ()) -> None:
-        self._append(self.layers_journal, list(layers))
-        self._append(self.journal, [row])
+        self.append_records(self.layers_journal, list(layers))
+        self.append_records(self.journal, [row])
         self.write_tables()
 
     def rows(self) -> list[dict[str, Any]]:
         """Journal rows, the latest per (case_id, workload) winning (a re-run replaces a failure)."""
         latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in _read_jsonl(self.journal):
+        for row in read_jsonl(self.journal):
             latest[(row["case_id"], row["workload"])] = row
         return list(latest.values())
 
@@ -85,7 +85,7 @@ class RunStore:
 
     def layers_frame(self) -> pd.DataFrame:
         latest = {(r["case_id"], r["workload"]) for r in self.rows()}
-        records = [r for r in _read_jsonl(self.layers_journal) if (r.get("case_id"), r.get("workload")) in latest]
+        records = [r for r in read_jsonl(self.layers_journal) if (r.get("case_id"), r.get("workload")) in latest]
         frame = pd.DataFrame(records)
         if not frame.empty:
             frame = frame.drop_duplicates(subset=["case_id", "workload", "layer"], keep="last")

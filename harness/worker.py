@@ -41,6 +41,31 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
+def limit_memory(case: Case, device: torch.device) -> None:
+    """Apply run.memory_limit_mb: an address-space limit on CPU, an allocator fraction on GPU."""
+    limit = case.run.memory_limit_mb
+    if limit is None:
+        return
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit * 2**20 / total), device)
+    else:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit * 2**20, limit * 2**20))
+
+
+def die_with_parent() -> None:
+    """Linux: if the runner is killed (even with SIGKILL), this worker goes too instead of lingering."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def measure(case: Case, workload_name: str) -> dict[str, Any]:
     from harness import accounting
     from harness.metrics import memory, routing
@@ -51,6 +76,7 @@ def measure(case: Case, workload_name: str) -> dict[str, Any]:
 
     torch.manual_seed(case.run.seed)
     device = resolve_device(case.run.device)
+    limit_memory(case, device)
     dtype = getattr(torch, case.run.dtype)
     model = build_model(case).to(device=device, dtype=dtype)
     workload = make_workload(workload_name, model, case, device)
@@ -95,6 +121,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    die_with_parent()
     job_path, result_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
     case = Case.model_validate(job["case"])

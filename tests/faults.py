@@ -1,0 +1,40 @@
+"""Workloads that misbehave on purpose, to test that the runner isolates them (`tests.faults:NAME`)."""
+import os
+import signal
+import time
+
+import torch
+
+from harness.workloads import Workload
+
+
+def _make(step):
+    def make(model, case, device):
+        return Workload(step, tokens_per_step=1, training=False)
+
+    return make
+
+
+def _raise():
+    raise ValueError("deliberate failure for testing")
+
+
+def _allocate():
+    hoard = []
+    while True:
+        hoard.append(torch.ones(64 * 2**20, dtype=torch.uint8))
+
+
+def _sleep():
+    time.sleep(3600)
+
+
+def _segfault():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+raises = _make(_raise)
+allocates = _make(_allocate)
+sleeps = _make(_sleep)
+segfaults = _make(_segfault)
+slow = _make(lambda: time.sleep(0.3))
