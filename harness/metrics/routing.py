@@ -1,0 +1,93 @@
+"""Routing statistics of MoE layers, accumulated on device between `reset` and `collect`.
+
+Per layer (tallies summed over every forward since `reset`):
+- `dropped_fraction`: token-slots dropped by capacity / token-slots routed (T*k); for expert choice,
+  the fraction of tokens that no expert picked;
+- `tokens_per_expert`: assignments each expert received before capacity;
+- `load_cv`: std/mean of `tokens_per_expert` (population std); `max_mean_load`: max/mean of it;
+- `experts_unused`: experts that received no assignment;
+- `router_entropy`: mean over tokens of the entropy (nats) of the router distribution;
+- `realized_capacity_factor`: rows each expert had to provide (capacity, or the largest group when
+  dropless) / (k*T/E), i.e. the capacity factor the batch actually needed or got;
+- `aux_loss`, `z_loss`, `importance_loss`: coefficient-free losses, mean over forwards;
+- `causal`: False for expert-choice routing, whose decisions depend on the whole batch.
+
+The case aggregate is the mean over MoE layers, except `dropped_fraction` (pooled over layers),
+`experts_unused` (summed over layers) and `causal` (all layers causal).
+"""
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from harness.models.moe.layer import LOSS_NAMES, MoELayer
+
+CASE_COLUMNS = (
+    "dropped_fraction", "load_cv", "max_mean_load", "experts_unused", "router_entropy",
+    "realized_capacity_factor", "aux_loss", "z_loss", "importance_loss", "causal",
+)
+_MEANED = ("load_cv", "max_mean_load", "router_entropy", "realized_capacity_factor", *LOSS_NAMES)
+
+
+def moe_layers(model: nn.Module) -> list[tuple[int, MoELayer]]:
+    """(transformer layer index, layer) for every MoE layer, in model order."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, MoELayer):
+            parts = name.split(".")
+            index = int(parts[parts.index("blocks") + 1]) if "blocks" in parts else len(found)
+            found.append((index, module))
+    return found
+
+
+def reset(model: nn.Module) -> None:
+    for _, layer in moe_layers(model):
+        layer.tally.reset()
+
+
+def layer_stats(tally: dict) -> dict:
+    """Statistics of one layer from its host tally (`RoutingTally.host()`)."""
+    routed = tally["routed"]
+    mean = sum(routed) / len(routed)
+    std = math.sqrt(sum((n - mean) ** 2 for n in routed) / len(routed))
+    return {
+        "dropped_fraction": tally["dropped"] / tally["drop_total"] if tally["drop_total"] else math.nan,
+        "load_cv": std / mean if mean else math.nan,
+        "max_mean_load": max(routed) / mean if mean else math.nan,
+        "experts_unused": sum(1 for n in routed if n == 0),
+        "router_entropy": tally["entropy"] / tally["tokens"],
+        "realized_capacity_factor": tally["rows"] / tally["ideal_rows"] if tally["ideal_rows"] else math.nan,
+        **{name: tally[name] / tally["forwards"] for name in LOSS_NAMES},
+        "causal": tally["causal"],
+        "tokens_per_expert": [int(n) for n in routed],
+    }
+
+
+def collect(model: nn.Module) -> tuple[dict, list[dict]]:
+    """(case-level aggregate with `CASE_COLUMNS`, per-layer rows) since the last `reset`.
+    ({}, []) for dense models or when no MoE forward ran."""
+    rows, pooled_dropped, pooled_total = [], 0.0, 0
+    for index, layer in moe_layers(model):
+        tally = layer.tally.host()
+        if tally is None:
+            continue
+        rows.append({"layer": index, **layer_stats(tally)})
+        pooled_dropped += tally["dropped"]
+        pooled_total += tally["drop_total"]
+    if not rows:
+        return {}, []
+    case = {name: sum(r[name] for r in rows) / len(rows) for name in _MEANED}
+    case["dropped_fraction"] = pooled_dropped / pooled_total if pooled_total else math.nan
+    case["experts_unused"] = sum(r["experts_unused"] for r in rows)
+    case["causal"] = all(r["causal"] for r in rows)
+    return {name: case[name] for name in CASE_COLUMNS}, rows
+
+
+def last_losses(model: nn.Module) -> dict[str, float]:
+    """Coefficient-free aux losses of the latest forward, mean over MoE layers ({} for dense):
+    what a training workload logs per step."""
+    values = [layer.last_losses for _, layer in moe_layers(model) if layer.last_losses]
+    if not values:
+        return {}
+    return {name: sum(float(v[name]) for v in values) / len(values) for name in LOSS_NAMES}

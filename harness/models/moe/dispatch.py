@@ -1,0 +1,132 @@
+"""Expert computation: turn kept assignments into the MoE output. Every implementation computes
+`y[t] = sum over kept (t, e, w) of w * expert_e(x[t])` and must agree with `loop`.
+
+- `loop`: per-expert boolean selection and `index_add_`, the readable reference (HF eager style).
+- `grouped`: gather tokens in expert order, one grouped matmul per projection, scatter-add back.
+  Uses `torch.nn.functional.grouped_mm` on CUDA bf16 (sm80+), where it is one kernel; otherwise
+  per-expert `torch.mm` on contiguous slices after a single `.tolist()` of the counts (on CPU this
+  beats the composite `grouped_mm` fallback).
+- `padded`: GShard/Switch capacity buffer `[E, C, d]` and two batched matmuls; padding rows are
+  computed and discarded, which is the cost capacity factors buy static shapes with.
+
+To add one: a function `(x [T, d], plan, experts) -> [T, d]` and one line in `IMPLS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.models.moe.experts import Experts
+from harness.models.moe.router import Routing
+
+
+@dataclass
+class DispatchPlan:
+    """Kept assignments sorted by expert (stable, so capacity priority order is kept within an expert)."""
+
+    token: Tensor  # [N] long
+    expert: Tensor  # [N] long, non-decreasing
+    weight: Tensor  # [N] float32
+    counts: Tensor  # [E] long, kept assignments per expert
+    capacity: Optional[int]  # rows per expert when capacity-limited; None = dropless
+    _sizes: Optional[list[int]] = field(default=None, repr=False)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Counts on the host (one device sync per plan, cached)."""
+        if self._sizes is None:
+            self._sizes = self.counts.tolist()
+        return self._sizes
+
+    @property
+    def position(self) -> Tensor:
+        """Row of each assignment inside its expert's group."""
+        start = self.counts.cumsum(0) - self.counts
+        return torch.arange(self.token.numel(), device=self.token.device) - start[self.expert]
+
+
+def make_plan(routing: Routing, num_experts: int, capacity: Optional[int]) -> DispatchPlan:
+    """Sort assignments by expert and drop those past `capacity` (position within the expert, in
+    priority order). With `capacity=None` nothing is dropped."""
+    order = torch.argsort(routing.expert, stable=True)
+    expert = routing.expert.index_select(0, order)
+    counts = torch.bincount(routing.expert, minlength=num_experts)
+    if capacity is not None:
+        start = counts.cumsum(0) - counts
+        position = torch.arange(order.numel(), device=order.device) - start[expert]
+        keep = (position < capacity).nonzero().squeeze(1)
+        order, expert = order.index_select(0, keep), expert.index_select(0, keep)
+        counts = counts.clamp(max=capacity)
+    return DispatchPlan(
+        token=routing.token.index_select(0, order),
+        expert=expert,
+        weight=routing.weight.index_select(0, order),
+        counts=counts,
+        capacity=capacity,
+    )
+
+
+def _combine(x: Tensor, plan: DispatchPlan, y: Tensor) -> Tensor:
+    """Weighted scatter-add of per-assignment outputs back to their tokens."""
+    y = y * plan.weight.unsqueeze(1).to(y.dtype)
+    return torch.zeros_like(x).index_add_(0, plan.token, y)
+
+
+def loop(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
+    out = torch.zeros_like(x)
+    for e in range(experts.num_experts):
+        idx = (plan.expert == e).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        token = plan.token[idx]
+        y = experts.expert(x[token], e) * plan.weight[idx].unsqueeze(1).to(x.dtype)
+        out.index_add_(0, token, y)
+    return out
+
+
+def _native_grouped_mm(a: Tensor, w: Tensor) -> bool:
+    if not hasattr(F, "grouped_mm") or a.device.type != "cuda" or a.dtype != torch.bfloat16:
+        return False
+    return torch.cuda.get_device_capability(a.device) >= (8, 0)
+
+
+def grouped_matmul(a: Tensor, w: Tensor, plan: DispatchPlan) -> Tensor:
+    """`a` rows grouped by expert (sizes `plan.counts`) times `w[e]` for each group: `[N, n] x [E, n, m]`."""
+    if _native_grouped_mm(a, w):
+        offsets = plan.counts.cumsum(0).to(torch.int32)
+        return F.grouped_mm(a, w, offs=offsets)
+    parts = [chunk @ w[e] for e, chunk in enumerate(a.split(plan.sizes)) if chunk.shape[0]]
+    return torch.cat(parts) if parts else a.new_zeros(0, w.shape[-1])
+
+
+def grouped(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
+    xs = x.index_select(0, plan.token)
+    h = experts.act(grouped_matmul(xs, experts.w_in, plan))
+    return _combine(x, plan, grouped_matmul(h, experts.w_out, plan))
+
+
+def padded(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
+    E, d = experts.num_experts, x.shape[1]
+    capacity = plan.capacity if plan.capacity is not None else max(plan.sizes, default=0)
+    if capacity == 0:
+        return torch.zeros_like(x)
+    row = plan.expert * capacity + plan.position
+    buf = x.new_zeros(E * capacity, d).index_copy(0, row, x.index_select(0, plan.token))
+    h = experts.act(torch.bmm(buf.view(E, capacity, d), experts.w_in))
+    y = torch.bmm(h, experts.w_out).view(E * capacity, d)
+    return _combine(x, plan, y.index_select(0, row))
+
+
+Impl = Callable[[Tensor, DispatchPlan, Experts], Tensor]
+IMPLS: dict[str, Impl] = {"loop": loop, "grouped": grouped, "padded": padded}
+
+
+def get_impl(name: str) -> Impl:
+    try:
+        return IMPLS[name]
+    except KeyError:
+        raise ValueError(f"unknown MoE implementation {name!r}; known: {sorted(IMPLS)}") from None

@@ -1,0 +1,112 @@
+"""MoELayer: router -> capacity -> dispatch (an implementation from `dispatch.IMPLS`) -> combine,
+plus shared experts, auxiliary losses and routing tallies.
+
+- Capacity (token choice): C = ceil(capacity_factor * T * k / E) rows per expert, T = all tokens of
+  the batch (B*seq). Assignments past C are dropped in slot-major priority (first choices last) and
+  contribute 0, so the token keeps only its residual path. `capacity_factor: null` = dropless.
+- Shared experts (DeepSeekMoE): `num_shared_experts` always-on experts of width
+  `moe.shared_width(model)`, added unweighted. They are stored as one FFN of width
+  `num_shared_experts * shared_width`, which is the same function and parameter count as separate
+  experts summed (bias-free).
+- Auxiliary losses (coefficient-free values in `last_losses`, the coefficient-weighted sum returned):
+  * `aux_loss` (Switch): E * sum_i f_i P_i, f over all assignments before capacity, P the mean router
+    distribution; 1 at perfect balance.
+  * `z_loss` (ST-MoE): mean_t logsumexp(logits_t)^2.
+  * `importance_loss` (Shazeer 2017): CV^2(importance) + CV^2(load), importance = per-expert sum of
+    combine weights, load = the noisy router's smooth estimate in training, else assignment counts.
+    Both terms share `importance_loss_coef` (Shazeer used equal weights). CV^2 = var/mean^2 (population).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from harness.config import ModelConfig, MoEConfig
+from harness.models.dense import FeedForward
+from harness.models.moe.dispatch import get_impl, make_plan
+from harness.models.moe.experts import Experts
+from harness.models.moe.router import Routing, build_router
+from harness.models.moe.stats import RoutingTally
+
+LOSS_NAMES = ("aux_loss", "z_loss", "importance_loss")
+
+
+def _cv2(v: Tensor) -> Tensor:
+    return v.var(unbiased=False) / (v.mean() ** 2 + 1e-10)
+
+
+def aux_losses(routing: Routing, routed: Tensor) -> dict[str, Tensor]:
+    """Coefficient-free auxiliary losses of one routing decision (fp32 scalars)."""
+    E = routing.probs.shape[1]
+    f = routed.float() / routed.sum().clamp(min=1)
+    importance = torch.zeros(E, device=routed.device).index_add(0, routing.expert, routing.weight.float())
+    load = routing.load if routing.load is not None else routed.float()
+    return {
+        "aux_loss": E * (f * routing.probs.mean(0)).sum(),
+        "z_loss": torch.logsumexp(routing.logits, dim=-1).pow(2).mean(),
+        "importance_loss": _cv2(importance) + _cv2(load),
+    }
+
+
+class MoELayer(nn.Module):
+    def __init__(self, model: ModelConfig, moe: MoEConfig):
+        super().__init__()
+        self.num_experts, self.k = moe.experts, moe.k
+        self.capacity_factor = moe.capacity_factor
+        self.coefs = {"aux_loss": moe.aux_loss_coef, "z_loss": moe.z_loss_coef,
+                      "importance_loss": moe.importance_loss_coef}
+        self.router = build_router(moe, model.d_model)
+        self.experts = Experts(moe.experts, model.d_model, moe.expert_width(model), model.activation)
+        self.shared = (
+            FeedForward(model.d_model, moe.num_shared_experts * moe.shared_width(model), model.activation)
+            if moe.num_shared_experts else None
+        )
+        self.impl_name = moe.impl
+        self.impl = get_impl(moe.impl)
+        self.tally = RoutingTally(moe.experts, causal=self.router.causal)
+        self.last_losses: dict[str, Tensor] = {}
+
+    def capacity(self, num_tokens: int) -> Optional[int]:
+        if self.capacity_factor is None:
+            return None
+        return math.ceil(self.capacity_factor * num_tokens * self.k / self.num_experts)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`x` [..., d] -> (output [..., d], coefficient-weighted aux loss, a 0-dim fp32 tensor)."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        T = x.shape[0]
+        routing = self.router(x)
+        routed = torch.bincount(routing.expert, minlength=self.num_experts)
+        capacity = self.capacity(T) if routing.token_choice else None
+        plan = make_plan(routing, self.num_experts, capacity)
+        y = self.impl(x, plan, self.experts)
+        if self.shared is not None:
+            y = y + self.shared(x)
+
+        losses = aux_losses(routing, routed)
+        self.last_losses = {name: value.detach() for name, value in losses.items()}
+        total = sum((self.coefs[n] * losses[n] for n in LOSS_NAMES if self.coefs[n] > 0),
+                    torch.zeros((), device=x.device))
+        self._tally(routing, plan, routed, T)
+        return y.view(shape), total
+
+    @torch.no_grad()
+    def _tally(self, routing: Routing, plan, routed: Tensor, T: int) -> None:
+        if routing.token_choice:
+            slots = routing.expert.numel()
+            dropped = routed.sum() - plan.counts.sum()
+            rows = plan.counts.new_tensor(plan.capacity) if plan.capacity is not None else routed.max()
+            drop_total = slots
+        else:
+            slots = T * self.k
+            dropped = T - (torch.bincount(routing.token, minlength=T) > 0).sum()
+            rows = plan.counts.max()
+            drop_total = T
+        p = routing.probs
+        entropy = -(p * p.clamp(min=1e-20).log()).sum()
+        self.tally.update(tokens=T, slots=slots, routed=routed, dropped=dropped, drop_total=drop_total, rows=rows,
+                          entropy_sum=entropy, losses=self.last_losses)

@@ -1,0 +1,93 @@
+"""Decoder-only transformer LM (nanoGPT shape) whose FFN is dense or MoE per layer.
+
+Parameter convention (what `harness.accounting` must reproduce exactly):
+- token embedding `vocab_size x d_model`; learned absolute positions `seq_len x d_model`;
+- per block: two norms and attention (q: d*H*hs, k and v: d*kv*hs each, o: H*hs*d) and an FFN;
+  norms are LayerNorm with weight and bias (2*d) or RMSNorm with weight only (d);
+- every linear is bias-free (attention, FFN, experts, router, LM head);
+- dense FFN: 2*d*f (GELU) or 3*d*f (SwiGLU); MoE FFN: router E*d (noisy_topk adds a second E*d noise
+  projection) + E*c*d*f_e experts (c = 2 GELU, 3 SwiGLU) + shared c*d*(s*f_s); sigmoid_bias's expert
+  bias is a buffer, not a parameter;
+- final norm; LM head `vocab_size x d_model` unless tied to the token embedding.
+"""
+from __future__ import annotations
+
+import torch
+from torch import LongTensor, Tensor, nn
+
+from harness.config import Case, ModelConfig, MoEConfig
+from harness.models.attention import CausalSelfAttention
+from harness.models.dense import FeedForward
+from harness.models.moe.layer import MoELayer
+from harness.models.moe.router import SigmoidBiasRouter
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=1e-5)
+    return nn.LayerNorm(cfg.d_model, eps=1e-5)
+
+
+class Block(nn.Module):
+    """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, model: ModelConfig, moe: MoEConfig | None, layer: int):
+        super().__init__()
+        self.norm1, self.norm2 = make_norm(model), make_norm(model)
+        self.attn = CausalSelfAttention(model)
+        self.is_moe = moe is not None and moe.is_moe_layer(layer)
+        self.ffn = MoELayer(model, moe) if self.is_moe else FeedForward(model.d_model, model.d_ff, model.activation)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        x = x + self.attn(self.norm1(x))
+        if self.is_moe:
+            h, aux = self.ffn(self.norm2(x))
+            return x + h, aux
+        return x + self.ffn(self.norm2(x)), None
+
+
+class TransformerLM(nn.Module):
+    def __init__(self, model: ModelConfig, moe: MoEConfig | None):
+        super().__init__()
+        self.config, self.moe_config = model, moe
+        self.tok_emb = nn.Embedding(model.vocab_size, model.d_model)
+        self.pos_emb = nn.Embedding(model.seq_len, model.d_model)
+        self.blocks = nn.ModuleList(Block(model, moe, i) for i in range(model.n_layers))
+        self.norm = make_norm(model)
+        self.lm_head = nn.Linear(model.d_model, model.vocab_size, bias=False)
+        self.apply(self._init)
+        if model.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        """GPT-2 style N(0, 0.02) for embeddings and linears; experts and routers keep their own init."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def moe_layers(self) -> list[MoELayer]:
+        return [b.ffn for b in self.blocks if b.is_moe]
+
+    def forward(self, tokens: LongTensor) -> tuple[Tensor, Tensor]:
+        """tokens [B, T] -> (logits [B, T, V], sum over MoE layers of coefficient-weighted aux losses)."""
+        B, T = tokens.shape
+        if T > self.config.seq_len:
+            raise ValueError(f"sequence length {T} exceeds model.seq_len {self.config.seq_len}")
+        x = self.tok_emb(tokens) + self.pos_emb(torch.arange(T, device=tokens.device))
+        aux = torch.zeros((), device=tokens.device)
+        for block in self.blocks:
+            x, layer_aux = block(x)
+            if layer_aux is not None:
+                aux = aux + layer_aux
+        return self.lm_head(self.norm(x)), aux
+
+    @torch.no_grad()
+    def on_optimizer_step(self) -> None:
+        """Per-step updates outside the gradient: DeepSeek-V3's expert-bias balancing."""
+        for layer in self.moe_layers():
+            if isinstance(layer.router, SigmoidBiasRouter):
+                layer.router.update_bias()
+
+
+def build_model(case: Case) -> TransformerLM:
+    return TransformerLM(case.model, case.moe)
