@@ -135,6 +135,10 @@ class RunSettings(_Frozen):
         default=None, description="cap the worker's memory so a runaway case fails as 'oom' instead of taking the machine"
     )
     lr: float = Field(default=1e-3, gt=0)
+    measure_energy: bool = Field(default=True, description="run a separate energy pass after timing (NVML on GPU, RAPL on CPU)")
+    energy_window_s: float = Field(default=1.0, gt=0, description="minimum energy window; the step repeats inside it")
+    cooldown_s: float = Field(default=0.0, ge=0, description="idle seconds before each case, for thermally comparable starts")
+    peak_tflops: Optional[float] = Field(default=None, gt=0, description="peak TFLOP/s for MFU; default: datasheet (GPU) or calibration (CPU)")
 
 
 class Case(_Frozen):
