@@ -101,7 +101,14 @@ def routed_per_token(moe: MoEConfig) -> float:
 
 
 def _router_params(model: ModelConfig, moe: MoEConfig) -> int:
-    return model.d_model * moe.experts
+    """W_r (experts x d_model, no bias); noisy_topk adds its noise projection W_noise of the same shape."""
+    return (2 if moe.router == "noisy_topk" else 1) * model.d_model * moe.experts
+
+
+def _router_flops(model: ModelConfig, moe: MoEConfig, training: bool) -> float:
+    """The noise projection of noisy_topk runs only in training."""
+    runs = 2 if moe.router == "noisy_topk" and training else 1
+    return runs * 2.0 * model.d_model * moe.experts
 
 
 def param_counts(model: ModelConfig, moe: Optional[MoEConfig] = None) -> ParamCounts:
@@ -129,15 +136,20 @@ def param_counts(model: ModelConfig, moe: Optional[MoEConfig] = None) -> ParamCo
     )
 
 
-def forward_flops(model: ModelConfig, moe: Optional[MoEConfig] = None, seq_len: Optional[int] = None) -> FlopBreakdown:
-    """Forward FLOPs per token for a sequence of `seq_len` tokens (default model.seq_len)."""
+def forward_flops(
+    model: ModelConfig, moe: Optional[MoEConfig] = None, seq_len: Optional[int] = None, training: bool = False
+) -> FlopBreakdown:
+    """Forward FLOPs per token for a sequence of `seq_len` tokens (default model.seq_len).
+
+    `training=True` counts the forward pass of a training step, which differs only for noisy_topk (its
+    noise projection runs in training only)."""
     ctx = seq_len or model.seq_len
     n_moe = _moe_layers(model, moe)
     n_dense = model.n_layers - n_moe
     attn_dim = model.n_heads * model.head_size
     router = routed = shared = 0.0
     if moe is not None and n_moe:
-        router = n_moe * 2.0 * _router_params(model, moe)
+        router = n_moe * _router_flops(model, moe, training)
         routed = n_moe * routed_per_token(moe) * 2.0 * _ffn_params(model, moe.expert_width(model))
         shared = n_moe * 2.0 * (moe.num_shared_experts * _ffn_params(model, moe.shared_width(model))
                                 + (model.d_model if moe.shared_gate and moe.num_shared_experts else 0))
@@ -153,8 +165,9 @@ def forward_flops(model: ModelConfig, moe: Optional[MoEConfig] = None, seq_len: 
 
 
 def train_flops_per_token(model: ModelConfig, moe: Optional[MoEConfig] = None) -> float:
-    """Forward + backward FLOPs per token: 3x forward (backward computes input and weight gradients)."""
-    return TRAIN_TO_FORWARD * forward_flops(model, moe).total
+    """Forward + backward FLOPs per token: 3x the training forward (backward computes gradients with
+    respect to both inputs and weights, two matmuls per forward matmul)."""
+    return TRAIN_TO_FORWARD * forward_flops(model, moe, training=True).total
 
 
 def match_error(a: float, b: float) -> float:
@@ -190,7 +203,7 @@ def summary(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
         "params_total": params.total,
         "params_active": params.active,
         "flops_per_token": flops,
-        "train_flops_per_token": TRAIN_TO_FORWARD * flops,
+        "train_flops_per_token": train_flops_per_token(model, moe),
     }
 
 
