@@ -167,7 +167,8 @@ RATIOS = {
 _BASELINE_ID_COLUMNS = {"flop_matched": ("matched_to", "param_matched_to"), "param_matched": ("param_matched_to", "matched_to")}
 
 
-def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+def safe_ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    """num / den, NaN (never inf or 0) where either is missing, den <= 0 or num < 0."""
     return (num / den.where(den > 0)).where(num >= 0)
 
 
@@ -212,25 +213,36 @@ def paired(df: pd.DataFrame, baseline: str = "flop_matched") -> pd.DataFrame:
     both_ok = (out["status"] == "ok") & (out["dense_status"] == "ok")
     both_ok = both_ok.fillna(False).astype(bool)
     for ratio, metric in RATIOS.items():
-        out[ratio] = _ratio(_col(out, metric), _col(out, f"dense_{metric}")).where(both_ok)
+        out[ratio] = safe_ratio(_col(out, metric), _col(out, f"dense_{metric}")).where(both_ok)
     _ratio_cis(out, both_ok)
     return out.reset_index(drop=True)
 
 
-def _col(df: pd.DataFrame, name: str) -> pd.Series:
-    if name in df.columns:
-        return pd.to_numeric(df[name], errors="coerce").astype(FLOAT)
-    return pd.Series(np.nan, index=df.index, dtype=FLOAT)
+def throughput_ratio_bounds(
+    ratio: pd.Series, num_latency: tuple[pd.Series, ...], den_latency: tuple[pd.Series, ...]
+) -> tuple[pd.Series, pd.Series]:
+    """CI of a throughput ratio num/den from each side's (median, ci_low, ci_high) latency.
+
+    Box method: lo = ratio * (den_low / den_median) * (num_median / num_high), hi symmetrically;
+    NaN where any latency is missing or not positive.
+    """
+    n_med, n_lo, n_hi = num_latency
+    d_med, d_lo, d_hi = den_latency
+    valid = (n_med > 0) & (n_lo > 0) & (n_hi > 0) & (d_med > 0) & (d_lo > 0) & (d_hi > 0)
+    lo = (ratio * (d_lo / d_med) * (n_med / n_hi)).where(valid)
+    hi = (ratio * (d_hi / d_med) * (n_med / n_lo)).where(valid)
+    return lo, hi
+
+
+def latency_columns(df: pd.DataFrame, prefix: str = "") -> tuple[pd.Series, pd.Series, pd.Series]:
+    return tuple(_col(df, f"{prefix}latency_ms_{s}") for s in ("median", "ci_low", "ci_high"))  # type: ignore[return-value]
 
 
 def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series) -> None:
-    m_med, m_lo, m_hi = (_col(out, f"latency_ms_{s}") for s in ("median", "ci_low", "ci_high"))
-    d_med, d_lo, d_hi = (_col(out, f"dense_latency_ms_{s}") for s in ("median", "ci_low", "ci_high"))
-    valid = both_ok & (m_lo > 0) & (m_hi > 0) & (d_lo > 0) & (d_hi > 0) & (m_med > 0) & (d_med > 0)
-    r = out["throughput_ratio"]
-    lo = (r * (d_lo / d_med) * (m_med / m_hi)).where(valid)
-    hi = (r * (d_hi / d_med) * (m_med / m_lo)).where(valid)
-    method = pd.Series(pd.NA, index=out.index, dtype=STRING).mask(valid & lo.notna(), "latency_ci_bounds")
+    moe_lat, dense_lat = latency_columns(out), latency_columns(out, "dense_")
+    lo, hi = throughput_ratio_bounds(out["throughput_ratio"], moe_lat, dense_lat)
+    lo, hi = lo.where(both_ok), hi.where(both_ok)
+    method = pd.Series(pd.NA, index=out.index, dtype=STRING).mask(lo.notna() & hi.notna(), "latency_ci_bounds")
 
     inter_lo, inter_hi = _col(out, "throughput_ratio_ci_low"), _col(out, "throughput_ratio_ci_high")
     use = both_ok & inter_lo.notna() & inter_hi.notna()
@@ -238,8 +250,15 @@ def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series) -> None:
     method = method.mask(use, "interleaved")
     out["throughput_ratio_ci_low"], out["throughput_ratio_ci_high"] = lo, hi
     out["throughput_ratio_ci_method"] = method
-    out["latency_ratio_ci_low"] = (m_lo / d_hi).where(valid)
-    out["latency_ratio_ci_high"] = (m_hi / d_lo).where(valid)
+    lat_ok = both_ok & (moe_lat[1] > 0) & (dense_lat[2] > 0)
+    out["latency_ratio_ci_low"] = (moe_lat[1] / dense_lat[2]).where(lat_ok)
+    out["latency_ratio_ci_high"] = (moe_lat[2] / dense_lat[1]).where(lat_ok)
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    if name in df.columns:
+        return pd.to_numeric(df[name], errors="coerce").astype(FLOAT)
+    return pd.Series(np.nan, index=df.index, dtype=FLOAT)
 
 
 def config_label(row: pd.Series, extra: tuple[str, ...] = ()) -> str:
@@ -263,3 +282,31 @@ def capacity_label(value: Any, kind: Any = "moe") -> str:
     if value is None or pd.isna(value):
         return "dropless"
     return f"cf{float(value):g}"
+
+
+def coverage(df: pd.DataFrame, column: str) -> tuple[int, int, str | None]:
+    """(rows measured, rows that could have been, why not) for a metric among the 'ok' rows.
+
+    The reason comes from the metric's `*_source` column when it has one (e.g. energy_source =
+    'unavailable: no NVML'), so the report can say why a metric is missing instead of drawing 0.
+    """
+    if column not in df.columns or column in df.attrs.get("absent_columns", ()):
+        return 0, 0, f"not recorded by this run (no '{column}' column)"
+    ok = df[df["status"] == "ok"]
+    if column in ROUTING_COLUMNS:
+        ok = ok[ok["kind"] == "moe"]
+    if ok.empty:
+        return 0, 0, "no case finished successfully"
+    measured = int(pd.to_numeric(ok[column], errors="coerce").notna().sum())
+    if measured == len(ok):
+        return measured, len(ok), None
+    source = SOURCE_OF.get(column)
+    missing = ok[pd.to_numeric(ok[column], errors="coerce").isna()]
+    reasons: list[str] = []
+    if source and source in missing.columns:
+        reasons = sorted({str(v) for v in missing[source].dropna() if str(v).strip()})
+    return measured, len(ok), "; ".join(reasons) or "not measured on this run"
+
+
+ROUTING_COLUMNS = ("dropped_fraction", "load_cv", "max_mean_load", "experts_unused", "router_entropy",
+                   "realized_capacity_factor", "aux_loss")

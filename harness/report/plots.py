@@ -1,0 +1,238 @@
+"""The report's seaborn figures, each a pure function of the results that may decline to draw.
+
+Figures are plain `matplotlib.figure.Figure`s on an Agg canvas (no pyplot, no display, no global
+style changes). A plot whose data was not measured returns `Plot(figure=None, missing=reason)` so
+the report says what is missing and why; missing values are never drawn as 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from harness.analysis import capacity_label, coverage
+
+PANEL_W, PANEL_H = 4.6, 3.4
+MIB = 2**20
+
+
+@dataclass
+class Plot:
+    name: str
+    title: str
+    caption: str
+    figure: Optional[Figure] = None
+    missing: Optional[str] = None
+
+
+def new_figure(nrows: int, ncols: int, height: float = PANEL_H) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(PANEL_W * ncols, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _workloads(df: pd.DataFrame) -> list[str]:
+    order = {"train_step": 0, "forward": 1}
+    return sorted(df["workload"].dropna().unique(), key=lambda w: (order.get(w, 9), w))
+
+
+def _experts_axis(ax, values: pd.Series) -> None:
+    ticks = sorted({int(v) for v in values.dropna()})
+    if len(ticks) >= 2 and min(ticks) > 0:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("experts")
+
+
+def _ok_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    return pairs[(pairs["status"] == "ok") & pairs["num_experts"].notna()]
+
+
+def _vs_experts(
+    pairs: pd.DataFrame, metric: str, name: str, title: str, ylabel: str, scale: float, why_missing: str | None
+) -> Plot:
+    """MoE metric vs experts, one line per top-k, with the matched dense baselines dashed."""
+    caption = (f"{title} of each MoE configuration (solid) and of its FLOP-matched dense baseline (dashed), "
+               "per top-k; one panel per workload. Where other settings (e.g. capacity factor) vary, "
+               "the line is their median and the band their range.")
+    ok = _ok_pairs(pairs)
+    moe = ok[["workload", "num_experts", "top_k", metric]].assign(model="MoE", value=lambda d: d[metric])
+    dense_col = f"dense_{metric}"
+    parts = [moe]
+    if dense_col in ok.columns:
+        dense = ok[ok["dense_status"] == "ok"][["workload", "num_experts", "top_k", dense_col]]
+        parts.append(dense.assign(model="dense baseline", value=dense[dense_col]))
+    data = pd.concat(parts, ignore_index=True)[["workload", "num_experts", "top_k", "model", "value"]]
+    data["value"] = pd.to_numeric(data["value"], errors="coerce").astype(float) / scale
+    data = data[np.isfinite(data["value"])]
+    if data.empty:
+        return Plot(name, title, caption, missing=why_missing or "no measured values")
+    data["top-k"] = "k=" + data["top_k"].astype("Int64").astype(str)
+    data["num_experts"] = data["num_experts"].astype(float)
+    workloads = _workloads(data)
+    fig, axes = new_figure(1, len(workloads))
+    hue_order = sorted(data["top-k"].unique(), key=lambda s: int(s[2:]))
+    for ax, workload in zip(axes[0], workloads):
+        sub = data[data["workload"] == workload]
+        sns.lineplot(sub, x="num_experts", y="value", hue="top-k", hue_order=hue_order, style="model",
+                     style_order=["MoE", "dense baseline"], markers=True, estimator="median",
+                     errorbar=("pi", 100), ax=ax, legend=ax is axes[0][-1])
+        _experts_axis(ax, sub["num_experts"])
+        ax.set_title(workload)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
+    return Plot(name, title, caption, figure=fig)
+
+
+def throughput_vs_experts(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    return _vs_experts(pairs, "tokens_per_s", "throughput_vs_experts", "Throughput", "tokens / s", 1.0,
+                       coverage(df, "tokens_per_s")[2])
+
+
+def memory_vs_experts(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    plot = _vs_experts(pairs, "peak_memory_bytes", "memory_vs_experts", "Peak memory", "peak memory (MiB)", MIB,
+                       coverage(df, "peak_memory_bytes")[2])
+    sources = sorted({str(s) for s in df["memory_source"].dropna()}) if "memory_source" in df else []
+    if sources:
+        plot.caption += f" Measured as: {', '.join(sources)}."
+    return plot
+
+
+def energy_per_token(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    plot = _vs_experts(pairs, "energy_j_per_token", "energy_per_token", "Energy per token", "energy (mJ / token)",
+                       1e-3, coverage(df, "energy_j_per_token")[2])
+    sources = sorted({str(s) for s in df["energy_source"].dropna()}) if "energy_source" in df else []
+    if plot.figure is not None and sources:
+        plot.caption += f" Energy source: {', '.join(sources)}."
+    return plot
+
+
+def _capacity_order(labels: pd.Series) -> list[str]:
+    def key(label: str) -> float:
+        return math.inf if label == "dropless" else float(label.removeprefix("cf"))
+
+    return sorted(labels.unique(), key=key)
+
+
+def ratio_grid(pairs: pd.DataFrame, workload: str, top_k: int) -> pd.DataFrame:
+    """Median MoE/dense throughput ratio, capacity factor (rows, 'dropless' last) x experts (columns).
+
+    A cell with no measured ratio stays NaN (drawn blank), never 0.
+    """
+    sub = pairs[(pairs["workload"] == workload) & (pairs["top_k"] == top_k) & pairs["num_experts"].notna()].copy()
+    sub["capacity"] = [capacity_label(v) for v in sub["capacity_factor"]]
+    grid = sub.pivot_table(index="capacity", columns="num_experts", values="throughput_ratio",
+                           aggfunc="median", dropna=False)
+    grid = grid.reindex(index=_capacity_order(sub["capacity"]), columns=sorted(sub["num_experts"].unique()))
+    grid.columns = [int(c) for c in grid.columns]
+    grid.index.name, grid.columns.name = "capacity factor", "experts"
+    return grid.astype(float)
+
+
+def ratio_heatmap(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    name, title = "throughput_ratio_heatmap", "MoE / dense throughput ratio"
+    caption = ("Throughput of each MoE configuration divided by that of its FLOP-matched dense baseline "
+               "(> 1: MoE is faster), over experts x capacity factor; one panel per workload and top-k. "
+               "Cells marked n/a were not measured (failed case or baseline).")
+    ratios = pd.to_numeric(pairs.get("throughput_ratio"), errors="coerce") if len(pairs) else pd.Series(dtype=float)
+    if ratios is None or not np.isfinite(ratios).any():
+        reason = coverage(df, "tokens_per_s")[2] or "no MoE configuration and its baseline were both measured"
+        return Plot(name, title, caption, missing=reason)
+    finite = pairs[np.isfinite(ratios)]
+    workloads = _workloads(finite)
+    ks = sorted(int(k) for k in finite["top_k"].dropna().unique())
+    lo, hi = float(ratios[np.isfinite(ratios)].min()), float(ratios[np.isfinite(ratios)].max())
+    spread = max(abs(math.log(lo)), abs(math.log(hi)), math.log(1.05))
+    vmin, vmax = math.exp(-spread), math.exp(spread)
+    cmap = sns.diverging_palette(15, 145, s=80, l=55, as_cmap=True)
+    fig, axes = new_figure(len(ks), len(workloads), height=PANEL_H * 0.9)
+    for i, k in enumerate(ks):
+        for j, workload in enumerate(workloads):
+            ax = axes[i][j]
+            grid = ratio_grid(pairs, workload, k)
+            sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap=cmap, center=1.0, vmin=vmin, vmax=vmax,
+                        linewidths=0.5, linecolor="white", cbar=j == len(workloads) - 1,
+                        cbar_kws={"label": "MoE / dense"} if j == len(workloads) - 1 else None)
+            for (r, c) in zip(*np.nonzero(grid.isna().to_numpy())):
+                ax.text(c + 0.5, r + 0.5, "n/a", ha="center", va="center", color="0.45", fontsize="small")
+            ax.grid(False)
+            ax.set_yticklabels([t.removeprefix("cf") for t in grid.index], rotation=0)
+            ax.set_title(f"{workload}, top-k {k}")
+    return Plot(name, title, caption, figure=fig)
+
+
+def dropped_vs_capacity(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    name, title = "dropped_vs_capacity", "Dropped tokens vs capacity factor"
+    caption = ("Fraction of token-slots dropped for exceeding expert capacity, per capacity factor; colour: "
+               "experts, marker style: top-k. Dropless cases have no capacity limit and are not shown.")
+    moe = df[(df["kind"] == "moe") & (df["status"] == "ok")]
+    data = moe[["workload", "num_experts", "top_k", "capacity_factor", "dropped_fraction"]].copy()
+    data = data[data["capacity_factor"].notna() & data["dropped_fraction"].notna()]
+    if data.empty:
+        reason = coverage(df, "dropped_fraction")[2]
+        if reason is None:
+            reason = "every measured MoE case is dropless (no capacity factor)"
+        return Plot(name, title, caption, missing=reason)
+    data["experts"] = "E=" + data["num_experts"].astype(str)
+    data["top-k"] = "k=" + data["top_k"].astype(str)
+    data["capacity_factor"] = data["capacity_factor"].astype(float)
+    data["dropped_fraction"] = data["dropped_fraction"].astype(float)
+    workloads = _workloads(data)
+    fig, axes = new_figure(1, len(workloads))
+    hue_order = sorted(data["experts"].unique(), key=lambda s: int(s[2:]))
+    for ax, workload in zip(axes[0], workloads):
+        sub = data[data["workload"] == workload]
+        sns.lineplot(sub, x="capacity_factor", y="dropped_fraction", hue="experts", hue_order=hue_order,
+                     style="top-k", markers=True, estimator="median", errorbar=None, ax=ax,
+                     legend=ax is axes[0][-1])
+        ax.set_xticks(sorted(sub["capacity_factor"].unique()))
+        ax.set_title(workload)
+        ax.set_xlabel("capacity factor")
+        ax.set_ylabel("dropped fraction")
+        ax.set_ylim(bottom=0)
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
+    return Plot(name, title, caption, figure=fig)
+
+
+def quality_vs_flops(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    name, title = "quality_vs_train_flops", "Quality vs training FLOPs"
+    caption = ("Validation loss (lower is better) against analytic training FLOPs per token, MoE and dense; "
+               "each point is one case.")
+    data = df[(df["status"] == "ok") & df["val_loss"].notna() & df["train_flops_per_token"].notna()]
+    if data.empty:
+        reason = coverage(df, "val_loss")[2]
+        if reason is None or reason == "not measured on this run":
+            reason = "quality (val_loss) was not measured on this run"
+        return Plot(name, title, caption, missing=reason)
+    data = data.drop_duplicates("case_id").assign(
+        flops=lambda d: d["train_flops_per_token"].astype(float), loss=lambda d: d["val_loss"].astype(float),
+        model=lambda d: d["kind"].astype(str))
+    fig, axes = new_figure(1, 1)
+    ax = axes[0][0]
+    sns.scatterplot(data, x="flops", y="loss", hue="model", style="model", s=60, ax=ax)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs per token")
+    ax.set_ylabel("validation loss")
+    return Plot(name, title, caption, figure=fig)
+
+
+PLOTS: list[Callable[[pd.DataFrame, pd.DataFrame], Plot]] = [
+    throughput_vs_experts, ratio_heatmap, memory_vs_experts, energy_per_token, dropped_vs_capacity, quality_vs_flops,
+]
+
+
+def make_plots(df: pd.DataFrame, pairs: pd.DataFrame) -> list[Plot]:
+    """Every report plot for one run (`df` from `load`, `pairs` from `paired`), drawn or explained."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+        return [make(pairs, df) for make in PLOTS]

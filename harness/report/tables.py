@@ -1,0 +1,210 @@
+"""The report's tables as plain rows of cells: formatted text, a sort key and a CSS class.
+
+Building them here (not in the template) keeps formatting and best/worst logic testable; the
+template only lays cells out, and jinja2 escapes every text.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pandas as pd
+
+from harness.analysis import config_label, coverage
+
+MIB = 2**20
+CONFIG_EXTRAS = ("router", "impl", "routing_mode", "granularity", "num_shared_experts", "d_model", "n_layers",
+                 "seq_len", "batch_size", "dtype", "d_expert", "activation")
+"""Configuration columns that enter a row's label when they vary within the run."""
+
+
+@dataclass
+class Cell:
+    text: str
+    sort: Any = None
+    cls: str = ""
+    title: str = ""
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    row_classes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def text(value: Any, missing: str = "") -> str:
+    """A string for display; pandas' NA/NaN become `missing` instead of raising or showing 'nan'."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return missing
+    return str(value)
+
+
+def _num(value: Any) -> Optional[float]:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def fmt(value: Any, scale: float = 1.0) -> Cell:
+    """A numeric cell; a missing value shows as an em dash and sorts last (never as 0)."""
+    number = _num(value)
+    if number is None:
+        return Cell("—", None, "missing", "not measured")
+    number /= scale
+    magnitude = abs(number)
+    text = (f"{number:,.0f}" if magnitude >= 1000 else f"{number:.1f}" if magnitude >= 100
+            else f"{number:.2f}" if magnitude >= 1 else f"{number:.3g}")
+    return Cell(text, number)
+
+
+def ratio_cell(ratio: Any, lo: Any = None, hi: Any = None, higher_is_better: bool = True) -> Cell:
+    """'1.12× [1.05, 1.19]', classed 'better'/'worse' when the whole interval is on one side of 1."""
+    r = _num(ratio)
+    if r is None:
+        return Cell("—", None, "missing", "not measured")
+    lo, hi = _num(lo), _num(hi)
+    text = f"{r:.2f}×"
+    cls, title = "", ""
+    if lo is not None and hi is not None:
+        text += f" [{lo:.2f}, {hi:.2f}]"
+        if lo > 1 or hi < 1:
+            better = (lo > 1) == higher_is_better
+            cls = "better" if better else "worse"
+            title = "confidence interval excludes 1"
+        else:
+            title = "confidence interval includes 1: no clear difference"
+    return Cell(text, r, cls, title)
+
+
+def varying(df: pd.DataFrame, columns: tuple[str, ...] = CONFIG_EXTRAS) -> tuple[str, ...]:
+    moe = df[df["kind"] == "moe"]
+    return tuple(c for c in columns if c in moe.columns and moe[c].dropna().astype(str).nunique() > 1)
+
+
+def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
+    """Each MoE configuration against its matched dense baseline, best/worst throughput ratio per workload."""
+    extras = varying(df)
+    show_energy = bool(pairs["energy_per_token_ratio"].notna().any())
+    show_quality = bool(pairs["quality_ratio"].notna().any())
+    columns = ["Configuration", "Workload", "MoE tok/s", "Dense tok/s", "Throughput ratio [CI]", "Latency ratio [CI]",
+               "Memory ratio"]
+    columns += ["Energy/token ratio"] * show_energy + ["Quality ratio (val loss)"] * show_quality
+    columns += ["Dropped", "Params active / total", "Status"]
+    table = Table(columns)
+    best_worst: dict[int, str] = {}
+    for _, group in pairs.groupby("workload", sort=False):
+        ratios = pd.to_numeric(group["throughput_ratio"], errors="coerce").dropna()
+        if len(ratios) >= 2:
+            best_worst[ratios.idxmax()] = "best"
+            best_worst[ratios.idxmin()] = "worst"
+    order = pairs.assign(_r=pd.to_numeric(pairs["throughput_ratio"], errors="coerce")).sort_values(
+        ["workload", "_r"], ascending=[False, False], na_position="last")
+    for idx, row in order.iterrows():
+        status = text(row["status"])
+        if status == "ok" and text(row.get("dense_status")) != "ok":
+            status = "baseline " + text(row.get("dense_status"), "missing")
+        mark = best_worst.get(idx, "")
+        label = config_label(row, extras)
+        cells = [
+            Cell(label + (f"  ({mark})" if mark else ""), label),
+            Cell(text(row["workload"])),
+            fmt(row["tokens_per_s"]),
+            fmt(row.get("dense_tokens_per_s")),
+            ratio_cell(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"]),
+            ratio_cell(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"], False),
+            ratio_cell(row["memory_ratio"], higher_is_better=False),
+        ]
+        if show_energy:
+            cells.append(ratio_cell(row["energy_per_token_ratio"], higher_is_better=False))
+        if show_quality:
+            cells.append(ratio_cell(row["quality_ratio"], higher_is_better=False))
+        active, total = _num(row.get("params_active")), _num(row.get("params_total"))
+        cells += [
+            fmt(row.get("dropped_fraction")),
+            Cell(f"{active / 1e6:.2f}M / {total / 1e6:.2f}M" if active and total else "—", total),
+            Cell(status, status, "" if status == "ok" else "failed", text(row.get("error"))),
+        ]
+        table.rows.append(cells)
+        table.row_classes.append(mark)
+    method = pairs["throughput_ratio_ci_method"].dropna().unique()
+    if "latency_ci_bounds" in method:
+        table.notes.append(
+            "Throughput-ratio CI from the two 95% latency CIs: [dense low / MoE high, dense high / MoE low] "
+            "(scaled to the measured ratio); it covers the true ratio with probability ≥ 90%.")
+    if "interleaved" in method:
+        table.notes.append("Rows measured interleaved with their baseline use the run's own ratio CI.")
+    for metric, name in (("energy_j_per_token", "Energy per token"), ("val_loss", "Quality (val loss)")):
+        measured, of, reason = coverage(df, metric)
+        if measured == 0:
+            table.notes.append(f"{name}: not measured on this run — {reason}.")
+    return table
+
+
+def verdicts(pairs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per workload: how many MoE configurations are clearly faster/slower than their baseline, best, worst."""
+    out = []
+    for workload, group in pairs.groupby("workload", sort=False):
+        measured = group[group["throughput_ratio"].notna()]
+        lo, hi = measured["throughput_ratio_ci_low"], measured["throughput_ratio_ci_high"]
+        has_ci = lo.notna() & hi.notna()
+        entry = {
+            "workload": str(workload), "total": len(group), "measured": len(measured),
+            "faster": int((has_ci & (lo > 1)).sum()), "slower": int((has_ci & (hi < 1)).sum()),
+            "unclear": int((has_ci & (lo <= 1) & (hi >= 1)).sum()), "no_ci": int((~has_ci).sum()),
+            "best": None, "worst": None,
+        }
+        if len(measured):
+            extras = varying(group)
+            for key, idx in (("best", measured["throughput_ratio"].idxmax()), ("worst", measured["throughput_ratio"].idxmin())):
+                row = measured.loc[idx]
+                entry[key] = {"label": config_label(row, extras),
+                              "ratio": ratio_cell(row["throughput_ratio"], row["throughput_ratio_ci_low"],
+                                                  row["throughput_ratio_ci_high"]).text}
+        out.append(entry)
+    return out
+
+
+def failures(df: pd.DataFrame) -> Table:
+    table = Table(["Case", "Kind", "Configuration", "Workload", "Status", "Reason"])
+    extras = varying(df)
+    for _, row in df[df["status"] != "ok"].iterrows():
+        table.rows.append([
+            Cell(text(row["case_id"])), Cell(text(row["kind"])),
+            Cell(config_label(row, extras) if text(row["kind"]) == "moe" else f"dense d_ff={text(row.get('d_ff'), '?')}"),
+            Cell(text(row["workload"])), Cell(text(row["status"]), cls="failed"),
+            Cell(text(row.get("error"), "no reason recorded")),
+        ])
+        table.row_classes.append("")
+    return table
+
+
+RESULT_COLUMNS = [
+    ("tokens_per_s", "tok/s", 1.0), ("latency_ms_median", "latency ms", 1.0), ("latency_ms_ci_low", "CI low", 1.0),
+    ("latency_ms_ci_high", "CI high", 1.0), ("peak_memory_bytes", "peak MiB", MIB),
+    ("energy_j_per_token", "mJ/token", 1e-3), ("dropped_fraction", "dropped", 1.0), ("load_cv", "load CV", 1.0),
+    ("flops_per_token", "MFLOP/token", 1e6), ("params_total", "params M", 1e6),
+]
+
+
+def all_results(df: pd.DataFrame) -> Table:
+    """Every row of the run with its main measurements; columns never measured on this run are left out."""
+    shown = [(c, h, s) for c, h, s in RESULT_COLUMNS if c in df.columns and df[c].notna().any()]
+    table = Table(["Case", "Kind", "Configuration", "Workload", "Status"] + [h for _, h, _ in shown] + ["Noisy"])
+    extras = varying(df)
+    for _, row in df.iterrows():
+        label = (config_label(row, extras) if text(row["kind"]) == "moe"
+                 else f"dense ({text(row.get('baseline'), 'baseline')}) d_ff={text(row.get('d_ff'), '?')}")
+        noisy = row.get("noisy")
+        table.rows.append(
+            [Cell(text(row["case_id"])), Cell(text(row["kind"])), Cell(label), Cell(text(row["workload"])),
+             Cell(text(row["status"]), cls="" if text(row["status"]) == "ok" else "failed")]
+            + [fmt(row.get(c), scale=s) for c, _, s in shown]
+            + [Cell("—" if pd.isna(noisy) else ("yes" if noisy else "no"))]
+        )
+        table.row_classes.append("")
+    return table
