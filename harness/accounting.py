@@ -207,28 +207,33 @@ def summary(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
     }
 
 
-def _activation_elements_per_token(model: ModelConfig, moe: Optional[MoEConfig]) -> float:
-    """Elements saved for backward per token in eager PyTorch (no recomputation, fused SDPA attention).
+def activation_elements_per_token(model: ModelConfig, moe: Optional[MoEConfig]) -> float:
+    """Elements the harness's models save for backward, per token (eager PyTorch, no recomputation).
 
-    Per block: two norm inputs and outputs (4d), q/k/v and the attention output, the FFN's input and
-    hidden tensors (GELU: pre- and post-activation; SwiGLU: gate, up, silu(gate), product); for an MoE
-    layer additionally the router logits and probabilities, the k gathered token copies with their
-    hidden tensors and outputs. Plus the final norm and the logits with their softmax.
+    Per block: the residual input, statistics and output of both norms; q, k and v (k and v after
+    repeating the kv heads, as our attention does) and the attention output and log-sum-exp (fused
+    SDPA, so no seq_len^2 score matrix); the FFN hidden tensors (GELU: pre- and post-activation;
+    SwiGLU: gate and up, silu(gate), product). An MoE layer instead saves the router's logits and
+    probabilities and, per routed assignment, the gathered token, its hidden tensors, the expert output
+    and its weighted copy (capacity-padded rows too for the `padded` impl), plus the shared experts'
+    hidden tensors. Finally the last norm and the log-softmax of the logits.
     """
-    d, hd = model.d_model, model.head_size
+    d, hd, h = model.d_model, model.head_size, model.n_heads
     hidden = 4 if model.activation == "swiglu" else 2
-    attn = (2 * model.n_heads + 2 * model.kv_heads) * hd + model.n_heads
-    per_block = 4 * d + attn
+    norm = 2 * d + 2 if model.norm == "layernorm" else 3 * d + 1  # RMSNorm also keeps x * rstd
+    per_block = 2 * norm + 4 * h * hd + h
     total = 0.0
     for layer in range(model.n_layers):
         total += per_block
         if moe is not None and moe.is_moe_layer(layer):
-            k = routed_per_token(moe)
-            total += 2 * moe.experts + k * (2 * d + hidden * moe.expert_width(model))
+            rows = routed_per_token(moe)
+            if moe.impl == "padded" and moe.capacity_factor is not None and moe.router != "expert_choice":
+                rows = max(rows, moe.k * moe.capacity_factor)
+            total += 3 * moe.experts + 3 * moe.k + rows * (3 * d + hidden * moe.expert_width(model) + 2)
             total += moe.num_shared_experts * hidden * moe.shared_width(model)
         else:
             total += hidden * model.d_ff
-    return total + 2 * d + 2 * model.vocab_size
+    return total + norm + model.vocab_size
 
 
 def memory_estimate(
@@ -256,7 +261,7 @@ def memory_estimate(
             "weights": weights,
             "grads": weights,
             "optimizer": 2 * weights,
-            "activations": math.ceil(tokens * _activation_elements_per_token(model, moe)) * width,
+            "activations": math.ceil(tokens * activation_elements_per_token(model, moe)) * width,
         }
     elif workload in ("forward", "decode", "inference"):
         out = {
