@@ -99,14 +99,14 @@ def _last_line(log: Path) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def run_job(job: Job, run_dir: Path, echo_logs: bool = False) -> dict[str, Any]:
+def run_job(job: Job, run_dir: Path, echo_logs: bool = False, context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one worker; always returns a result dict with a status, whatever happened to the worker."""
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     log_path = logs / f"{job.case.id}-{job.workload}.log"
     with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_path.write_text(json.dumps({"case": job.case.model_dump(mode="json"), "workload": job.workload}))
+        job_path.write_text(json.dumps({"case": job.case.model_dump(mode="json"), "workload": job.workload, "context": context or {}}))
         cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
         oom_before = oom_kills()
         with open(log_path, "w") as log:
@@ -194,6 +194,12 @@ def main(args: argparse.Namespace) -> int:
         store.write_meta(meta)
     done = store.done(include_failed=not args.rerun_failed)
     todo = [job for job in jobs if job.key not in done]
+    from harness.metrics.baseline import measure_baselines
+
+    context = measure_baselines([job.case for job in todo], previous=meta.get("baselines"))
+    meta["baselines"] = context
+    meta["fingerprint"]["matmul_tflops"] = context["matmul_tflops"]
+    store.write_meta(meta)
 
     progress = Progress(total=len(jobs), done=len(jobs) - len(todo), quiet=args.quiet)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -203,7 +209,7 @@ def main(args: argparse.Namespace) -> int:
             for job in todo:
                 progress.start(job.case.id, job.case.kind, job.workload)
                 started = time.perf_counter()
-                result = run_job(job, store.root, echo_logs=args.verbose)
+                result = run_job(job, store.root, echo_logs=args.verbose, context=context)
                 row = _row(job, result, expansion, suite, meta)
                 for layer in result.get("routing_layers", []):
                     layer.update(case_id=job.case.id, workload=job.workload)

@@ -66,9 +66,9 @@ def die_with_parent() -> None:
         pass
 
 
-def measure(case: Case, workload_name: str) -> dict[str, Any]:
+def measure(case: Case, workload_name: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
     from harness import accounting
-    from harness.metrics import memory, routing
+    from harness.metrics import energy, memory, nvml, routing, utilisation
     from harness.metrics.statistics import summarize
     from harness.metrics.timing import time_steps
     from harness.models.transformer import build_model
@@ -81,6 +81,8 @@ def measure(case: Case, workload_name: str) -> dict[str, Any]:
     model = build_model(case).to(device=device, dtype=dtype)
     workload = make_workload(workload_name, model, case, device)
 
+    energy.cooldown(case.run.cooldown_s)
+    gpu_start = nvml.gpu_state(device)
     memory.reset_peak(device)
     routing.reset(model)
     timings = time_steps(workload.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s)
@@ -110,7 +112,23 @@ def measure(case: Case, workload_name: str) -> dict[str, Any]:
     }
     flops = accounting.summary(case.model, case.moe)
     per_token = flops["train_flops_per_token"] if workload.training else flops["flops_per_token"]
-    row["achieved_tflops"] = per_token * row["tokens_per_s"] / 1e12
+    context = context or {}
+    peak_tflops = utilisation.device_peak(
+        device.type, row["device_name"], case.run.dtype, case.run.peak_tflops, context.get("matmul_tflops")
+    )
+    row.update(utilisation.utilisation_columns(per_token, row["tokens_per_s"], peak_tflops))
+
+    # Energy pass: separate from (and after) timing, so neither perturbs the other (docs/energy.md).
+    idle = context.get("idle", {}).get(device.type, {})
+    if case.run.measure_energy:
+        row.update(energy.measure_energy(
+            workload.step, device, workload.tokens_per_step, case.run.energy_window_s,
+            idle.get("idle_power_w"), idle.get("cpu_idle_power_w"),
+        ))
+    else:
+        row.update(energy.skipped("run.measure_energy is false"))
+    row.update({f"{k}_start": v for k, v in gpu_start.items()})
+    row.update({f"{k}_end": v for k, v in nvml.gpu_state(device).items()})
     return {"row": row, "routing_layers": routing_layers}
 
 
@@ -126,7 +144,7 @@ def main(argv: list[str]) -> int:
     job = json.loads(job_path.read_text())
     case = Case.model_validate(job["case"])
     try:
-        result = measure(case, job["workload"])
+        result = measure(case, job["workload"], job.get("context"))
         result["status"] = "ok"
         result["error"] = None
     except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case

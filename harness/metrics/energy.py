@@ -290,13 +290,14 @@ def idle_baseline(
 ) -> dict[str, Any]:
     """Idle watts of the device and of the CPU packages, measured once per run before any case.
 
-    The runner passes this dict to every worker; its keys are also result columns. A value is None
-    (never 0) when its meter is unavailable or read no energy.
+    The runner passes this dict to every worker. A value is None (never 0) when its meter is
+    unavailable or read no energy; with no meter at all nothing sleeps.
     """
     meters = _open_pair(device, clock=clock, **options)
     try:
         t0, start = clock(), _read_all(meters)
-        sleep(duration_s)
+        if start:
+            sleep(duration_s)
         seconds, end = clock() - t0, _read_all(meters)
     finally:
         _close_all(meters)
@@ -310,7 +311,7 @@ def idle_baseline(
     return {
         "idle_power_w": watts("device"),
         "cpu_idle_power_w": watts("cpu"),
-        "idle_window_s": seconds,
+        "idle_window_s": seconds if start else None,
         "idle_source": meters["device"].source,
         "cpu_idle_source": meters["cpu"].source,
     }
@@ -357,10 +358,17 @@ def measure_energy(
     `meters` ({"device": ..., "cpu": ...}) passed in stay open (the caller owns them); otherwise they
     are opened and closed here. `cpu_energy_*` come from RAPL on every device (the same meter as
     `energy_*` on a CPU device). The CPU-side loop check needs no per-step sync: the closing sync
-    only lengthens the window, which is then re-checked.
+    only lengthens the window, which is then re-checked. With no meter at all the step does not run.
     """
     owned = meters is None
     pair = dict(meters) if meters is not None else _open_pair(device, clock=clock, **options)
+    if all(isinstance(m, Unavailable) for m in pair.values()):
+        return {
+            **energy_columns(pair["device"].source, None, 0.0, 0, tokens_per_step, idle_power_w),
+            **energy_columns(pair["cpu"].source, None, 0.0, 0, tokens_per_step, cpu_idle_power_w, prefix="cpu_"),
+            "energy_window_s": None,
+            "energy_iterations": None,
+        }
     sync = sync or _device_sync(device)
     try:
         sync()

@@ -1,0 +1,59 @@
+"""One-time measurements the runner makes before any case, passed to every worker as its context.
+
+- idle power of each device type the run uses (NVML board, RAPL packages), for idle-subtracted energy;
+- on CPU, the calibration matmul TFLOP/s per dtype that MFU is measured against (kept in the fingerprint).
+
+Both happen in the runner, with no case running, so every case is compared with the same baseline.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from harness.config import Case
+
+IDLE_SECONDS = 5.0
+CALIBRATION_SECONDS = 0.3
+
+
+def device_type(requested: str) -> str:
+    """What a worker's `resolve_device` will pick, without initialising CUDA here for 'cpu'."""
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    return "cuda" if requested == "cuda" or torch.cuda.is_available() else "cpu"
+
+
+def measure_baselines(
+    cases: Iterable[Case],
+    previous: Optional[dict[str, Any]] = None,
+    idle_seconds: float = IDLE_SECONDS,
+    **energy_options: Any,
+) -> dict[str, Any]:
+    """{'idle': {device_type: idle columns}, 'matmul_tflops': {dtype: TFLOP/s}} for these cases.
+
+    Idle power is measured again on every call (a resumed run gets a fresh one; each row records the
+    value it used); the calibration is kept from `previous`, since it belongs to the run's fingerprint.
+    """
+    from harness.metrics.energy import idle_baseline
+    from harness.metrics.utilisation import calibrate_matmul_tflops
+
+    cases = list(cases)
+    types = {device_type(c.run.device) for c in cases}
+    idle = {}
+    for kind in sorted(types):
+        if any(c.run.measure_energy for c in cases if device_type(c.run.device) == kind):
+            device = "cpu" if kind == "cpu" else _cuda0()
+            idle[kind] = idle_baseline(device, idle_seconds, **energy_options)
+
+    matmul = dict((previous or {}).get("matmul_tflops") or {})
+    for dtype in sorted({c.run.dtype for c in cases if device_type(c.run.device) == "cpu" and c.run.peak_tflops is None}):
+        if dtype not in matmul:
+            matmul[dtype] = calibrate_matmul_tflops(dtype, min_time_s=CALIBRATION_SECONDS)
+    return {"idle": idle, "matmul_tflops": matmul}
+
+
+def _cuda0() -> Any:
+    import torch
+
+    return torch.device("cuda", 0)
