@@ -381,3 +381,17 @@ def test_caller_owned_meters_stay_open(tmp_path):
     assert lib.shutdowns == 0
     meter.close()
     assert lib.shutdowns == 1
+
+
+def test_a_meter_that_fails_mid_window_leaves_a_reason_not_a_lost_case(tmp_path):
+    clock = FakeClock()
+    lib = fake(100.0, clock=clock)
+
+    def step():
+        lib.gpus[0].counter_supported = False  # e.g. the driver stops answering
+        clock.advance(0.5)
+
+    cols = measure_energy(step, CUDA0, 1, 1.0, lib=lib, env={}, clock=clock, **NO_SYNC, **no_rapl(tmp_path))
+    assert cols["energy_source"].startswith("unavailable: nvml_counter read failed: NVMLError_NotSupported")
+    assert cols["energy_j"] is None and cols["energy_iterations"] == 2
+    assert lib.inits == lib.shutdowns

@@ -276,8 +276,30 @@ def _close_all(meters: dict[str, Union[EnergyMeter, Unavailable]]) -> None:
             m.close()
 
 
-def _read_all(meters: dict[str, Union[EnergyMeter, Unavailable]]) -> dict[str, float]:
-    return {k: m.read_j() for k, m in meters.items() if not isinstance(m, Unavailable)}
+def _read_all(meters: dict[str, Union[EnergyMeter, Unavailable]]) -> dict[str, Union[float, Unavailable]]:
+    """Each live meter's reading; a read that fails mid-run becomes Unavailable, never a lost case."""
+    readings: dict[str, Union[float, Unavailable]] = {}
+    for key, meter in meters.items():
+        if isinstance(meter, Unavailable):
+            continue
+        try:
+            readings[key] = meter.read_j()
+        except Exception as exc:  # noqa: BLE001 - NVMLError, OSError: the timing must survive a meter fault
+            readings[key] = Unavailable(f"{meter.source} read failed: {type(exc).__name__}: {exc}")
+    return readings
+
+
+def _joules(meter: Union[EnergyMeter, Unavailable], start: Any, end: Any, seconds: float) -> tuple[str, Optional[float]]:
+    """(source, joules) of one window, or (unavailable reason, None)."""
+    for value in (start, end):
+        if isinstance(value, Unavailable):
+            return value.source, None
+    if start is None or end is None:
+        return meter.source, None
+    joules = end - start
+    if joules <= 0:
+        return f"unavailable: {meter.source} read {joules:.6g} J over a {seconds:.3f} s window", None
+    return meter.source, joules
 
 
 def idle_baseline(
@@ -302,18 +324,14 @@ def idle_baseline(
     finally:
         _close_all(meters)
 
-    def watts(key: str) -> Optional[float]:
-        if key not in start:
-            return None
-        joules = end[key] - start[key]
-        return joules / seconds if joules > 0 and seconds > 0 else None
-
+    device_source, device_j = _joules(meters["device"], start.get("device"), end.get("device"), seconds)
+    cpu_source, cpu_j = _joules(meters["cpu"], start.get("cpu"), end.get("cpu"), seconds)
     return {
-        "idle_power_w": watts("device"),
-        "cpu_idle_power_w": watts("cpu"),
+        "idle_power_w": device_j / seconds if device_j is not None else None,
+        "cpu_idle_power_w": cpu_j / seconds if cpu_j is not None else None,
         "idle_window_s": seconds if start else None,
-        "idle_source": meters["device"].source,
-        "cpu_idle_source": meters["cpu"].source,
+        "idle_source": device_source,
+        "cpu_idle_source": cpu_source,
     }
 
 
@@ -388,13 +406,7 @@ def measure_energy(
             _close_all(pair)
 
     def window(key: str) -> tuple[str, Optional[float]]:
-        meter = pair[key]
-        if key not in start:
-            return meter.source, None
-        joules = end[key] - start[key]
-        if joules <= 0:
-            return f"unavailable: {meter.source} read {joules:.6g} J over a {seconds:.3f} s window", None
-        return meter.source, joules
+        return _joules(pair[key], start.get(key), end.get(key), seconds)
 
     return {
         **energy_columns(*window("device"), seconds, iterations, tokens_per_step, idle_power_w),

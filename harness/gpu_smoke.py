@@ -1,0 +1,101 @@
+"""GPU smoke check: run suites/gpu-smoke.yaml on one CUDA GPU and print what matters for the question.
+
+    python -m harness.gpu_smoke [--out DIR] [--set KEY=VALUE ...]
+
+Prints tokens/s, MFU, J/token and energy source per row, then MoE/dense ratios, then the checks.
+Exit codes: 0 all checks pass; 1 a row failed or a measurement looks wrong (energy not from NVML,
+J/token missing, MFU outside (0, 1]); 2 no CUDA GPU (nothing was run).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+SUITE = Path(__file__).resolve().parent.parent / "suites" / "gpu-smoke.yaml"
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or pd.isna(value) else format(value, spec)
+
+
+def rows_table(frame: pd.DataFrame) -> str:
+    lines = [f"{'case_id':<13}{'kind':<6}{'k':>3} {'workload':<11}{'tokens/s':>12}{'MFU':>8}{'J/token':>12}{'W':>8}  energy_source"]
+    for _, r in frame.sort_values(["workload", "kind", "case_id"]).iterrows():
+        lines.append(
+            f"{r['case_id']:<13}{r['kind']:<6}{_fmt(r.get('top_k'), '.0f'):>3} {r['workload']:<11}"
+            f"{_fmt(r.get('tokens_per_s'), ',.0f'):>12}{_fmt(r.get('mfu'), '.1%'):>8}"
+            f"{_fmt(r.get('energy_j_per_token'), '.3g'):>12}{_fmt(r.get('avg_power_w'), '.0f'):>8}  {r.get('energy_source')}"
+        )
+    return "\n".join(lines)
+
+
+def ratios_table(pairs: pd.DataFrame) -> str:
+    lines = ["MoE / FLOP-matched dense (throughput > 1 and J/token < 1 favour MoE):",
+             f"{'case_id':<13}{'k':>3} {'workload':<11}{'tokens/s x':>12}{'J/token x':>11}{'MFU moe':>9}"]
+    for _, r in pairs.sort_values(["workload", "case_id"]).iterrows():
+        lines.append(
+            f"{r['case_id']:<13}{_fmt(r.get('top_k'), '.0f'):>3} {r['workload']:<11}"
+            f"{_fmt(r.get('throughput_ratio'), '.3f'):>12}{_fmt(r.get('energy_per_token_ratio'), '.3f'):>11}"
+            f"{_fmt(r.get('mfu'), '.1%'):>9}"
+        )
+    return "\n".join(lines)
+
+
+def problems(frame: pd.DataFrame) -> list[str]:
+    """What a real GPU run must get right; each item names the row and what is wrong."""
+    found = []
+    for _, r in frame.iterrows():
+        where = f"{r['case_id']} {r['workload']}"
+        if r.get("status") != "ok":
+            found.append(f"{where}: status {r.get('status')} ({r.get('error')})")
+            continue
+        source = str(r.get("energy_source"))
+        if source not in ("nvml_counter", "nvml_power_sampling"):
+            found.append(f"{where}: energy not measured by NVML ({source})")
+        elif pd.isna(r.get("energy_j_per_token")) or not r.get("energy_j_per_token") > 0:
+            found.append(f"{where}: J/token missing")
+        mfu = r.get("mfu")
+        if mfu is None or pd.isna(mfu):
+            found.append(f"{where}: MFU missing ({r.get('peak_tflops_source')})")
+        elif not 0 < mfu <= 1:
+            found.append(f"{where}: MFU {mfu:.3f} outside (0, 1]: FLOP accounting or peak table is wrong")
+    return found
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.gpu_smoke", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="run folder (default reports/gpu-smoke-<timestamp>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_smoke: no CUDA GPU is visible here; nothing was run", file=sys.stderr)
+        return 2
+    from harness import analysis
+    from harness.cli import main as cli_main
+
+    out = args.out or f"reports/gpu-smoke-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    sets = [part for s in args.overrides for part in ("--set", s)]
+    cli_main(["run", str(SUITE), "--out", out, "--no-report", "--allow-failures", "--quiet", *sets])
+    frame = analysis.load(out)
+    print()
+    print(rows_table(frame))
+    print()
+    print(ratios_table(analysis.paired(frame)))
+    found = problems(frame)
+    print()
+    print("checks: " + ("all passed" if not found else f"{len(found)} problem(s)"))
+    for line in found:
+        print(f"  - {line}")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
