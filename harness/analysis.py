@@ -290,13 +290,13 @@ def coverage(df: pd.DataFrame, column: str) -> tuple[int, int, str | None]:
     The reason comes from the metric's `*_source` column when it has one (e.g. energy_source =
     'unavailable: no NVML'), so the report can say why a metric is missing instead of drawing 0.
     """
-    if column not in df.columns or column in df.attrs.get("absent_columns", ()):
-        return 0, 0, f"not recorded by this run (no '{column}' column)"
     ok = df[df["status"] == "ok"]
     if column in ROUTING_COLUMNS:
         ok = ok[ok["kind"] == "moe"]
     if ok.empty:
-        return 0, 0, "no case finished successfully"
+        return 0, 0, "no MoE case finished successfully" if column in ROUTING_COLUMNS else "no case finished successfully"
+    if column not in df.columns or column in df.attrs.get("absent_columns", ()):
+        return 0, len(ok), f"not recorded by this run (no '{column}' column)"
     measured = int(pd.to_numeric(ok[column], errors="coerce").notna().sum())
     if measured == len(ok):
         return measured, len(ok), None

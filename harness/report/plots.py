@@ -7,6 +7,7 @@ the report says what is missing and why; missing values are never drawn as 0.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -14,7 +15,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from harness.analysis import capacity_label, coverage
 
@@ -88,7 +91,7 @@ def _vs_experts(
         _experts_axis(ax, sub["num_experts"])
         ax.set_title(workload)
         ax.set_ylabel(ylabel)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, float(data["value"].max()) * 1.1)
     if axes[0][-1].get_legend() is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
     return Plot(name, title, caption, figure=fig)
@@ -139,6 +142,19 @@ def ratio_grid(pairs: pd.DataFrame, workload: str, top_k: int) -> pd.DataFrame:
     return grid.astype(float)
 
 
+RATIO_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8, 0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1, 1.25, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+
+
+def _log_ticks(vmin: float, vmax: float, most: int = 7) -> list[float]:
+    """Round ratio ticks spread evenly in log space (always including 1)."""
+    gap = (math.log(vmax) - math.log(vmin)) / most
+    kept: list[float] = []
+    for tick in sorted([t for t in RATIO_TICKS if vmin <= t <= vmax], key=lambda t: abs(math.log(t))):
+        if all(abs(math.log(tick / k)) >= gap for k in kept):
+            kept.append(tick)
+    return sorted(kept)
+
+
 def ratio_heatmap(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
     name, title = "throughput_ratio_heatmap", "MoE / dense throughput ratio"
     caption = ("Throughput of each MoE configuration divided by that of its FLOP-matched dense baseline "
@@ -153,21 +169,31 @@ def ratio_heatmap(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
     ks = sorted(int(k) for k in finite["top_k"].dropna().unique())
     lo, hi = float(ratios[np.isfinite(ratios)].min()), float(ratios[np.isfinite(ratios)].max())
     spread = max(abs(math.log(lo)), abs(math.log(hi)), math.log(1.05))
-    vmin, vmax = math.exp(-spread), math.exp(spread)
+    norm = LogNorm(math.exp(-spread), math.exp(spread))  # symmetric in log: 0.5x and 2x equally far from 1
     cmap = sns.diverging_palette(15, 145, s=80, l=55, as_cmap=True)
-    fig, axes = new_figure(len(ks), len(workloads), height=PANEL_H * 0.9)
+    # seaborn's heatmap draws the figure on each call: lay out once at the end, one shared colorbar
+    fig = Figure(figsize=(PANEL_W * len(workloads) + 0.8, PANEL_H * 0.9 * len(ks)))
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(len(ks), len(workloads) + 1, width_ratios=[1] * len(workloads) + [0.05])
+    cbar_ax = fig.add_subplot(gs[:, -1])
     for i, k in enumerate(ks):
         for j, workload in enumerate(workloads):
-            ax = axes[i][j]
+            ax = fig.add_subplot(gs[i, j])
             grid = ratio_grid(pairs, workload, k)
-            sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap=cmap, center=1.0, vmin=vmin, vmax=vmax,
-                        linewidths=0.5, linecolor="white", cbar=j == len(workloads) - 1,
-                        cbar_kws={"label": "MoE / dense"} if j == len(workloads) - 1 else None)
+            with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method matplotlib deprecates
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap=cmap, norm=norm,
+                            linewidths=0.5, linecolor="white", cbar=i == 0 and j == 0, cbar_ax=cbar_ax,
+                            cbar_kws={"label": "MoE / dense throughput"})
             for (r, c) in zip(*np.nonzero(grid.isna().to_numpy())):
                 ax.text(c + 0.5, r + 0.5, "n/a", ha="center", va="center", color="0.45", fontsize="small")
             ax.grid(False)
             ax.set_yticklabels([t.removeprefix("cf") for t in grid.index], rotation=0)
             ax.set_title(f"{workload}, top-k {k}")
+    cbar_ax.yaxis.set_major_locator(FixedLocator(_log_ticks(norm.vmin, norm.vmax)))
+    cbar_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    cbar_ax.yaxis.set_minor_locator(NullLocator())
+    fig.set_layout_engine("constrained")
     return Plot(name, title, caption, figure=fig)
 
 
@@ -199,7 +225,7 @@ def dropped_vs_capacity(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
         ax.set_title(workload)
         ax.set_xlabel("capacity factor")
         ax.set_ylabel("dropped fraction")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, max(float(data["dropped_fraction"].max()) * 1.1, 0.01))
     if axes[0][-1].get_legend() is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
     return Plot(name, title, caption, figure=fig)
