@@ -70,7 +70,15 @@ class Nvml:
     def handle(self, device: Any, env: Optional[Mapping[str, str]] = None, torch_uuid: Optional[str] = None) -> Any:
         """The board handle for a torch device (or its index); a MIG instance maps to its parent board."""
         index = device if isinstance(device, int) else (getattr(device, "index", None) or 0)
-        target, _ = nvml_target(index, os.environ if env is None else env, torch_uuid)
+        env = os.environ if env is None else env
+        if torch_uuid:
+            try:
+                return self._resolve(nvml_target(index, env, torch_uuid)[0])
+            except NvmlUnavailable:
+                pass  # e.g. a UUID format this driver does not know: the environment still says which board
+        return self._resolve(nvml_target(index, env)[0])
+
+    def _resolve(self, target: Target) -> Any:
         try:
             if isinstance(target, int):
                 handle = self.lib.nvmlDeviceGetHandleByIndex(target)
