@@ -157,3 +157,16 @@ def test_cli_compares_two_runs_and_rejects_bad_input(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "missing")]) == 2
     assert "no results.parquet or results.csv" in capsys.readouterr().err
     assert cli_main(["report", str(a), str(b), str(a)]) == 2
+
+
+def test_noisy_timings_are_flagged_in_the_headline(tmp_path):
+    data = rows()
+    for r in data:
+        if r["case_id"] == case_id("dense k2"):
+            r["noisy"] = True
+    pd.DataFrame(data).to_csv(tmp_path / "results.csv", index=False)
+    df = load(tmp_path)
+    table = headline(paired(df), df)
+    status = {(row[0].sort, row[1].text): row[-1].text for row in table.rows}
+    assert status[("E2 k2 cf1", "forward")] == "ok, noisy"
+    assert status[("E2 k1 cf1", "forward")] == "ok"

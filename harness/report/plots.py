@@ -81,6 +81,10 @@ def _vs_experts(
     data["top-k"] = "k=" + data["top_k"].astype("Int64").astype(str)
     data["num_experts"] = data["num_experts"].astype(float)
     workloads = _workloads(data)
+    positive = data["value"][data["value"] > 0]
+    log_y = len(positive) == len(data) and positive.max() > 20 * positive.min()
+    if log_y:
+        caption += " Values span more than 20x, so the y axis is logarithmic."
     fig, axes = new_figure(1, len(workloads))
     hue_order = sorted(data["top-k"].unique(), key=lambda s: int(s[2:]))
     for ax, workload in zip(axes[0], workloads):
@@ -91,7 +95,10 @@ def _vs_experts(
         _experts_axis(ax, sub["num_experts"])
         ax.set_title(workload)
         ax.set_ylabel(ylabel)
-        ax.set_ylim(0, float(data["value"].max()) * 1.1)
+        if log_y:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, float(data["value"].max()) * 1.1)
     if axes[0][-1].get_legend() is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
     return Plot(name, title, caption, figure=fig)

@@ -42,6 +42,10 @@ def text(value: Any, missing: str = "") -> str:
     return str(value)
 
 
+def _flag(value: Any) -> bool:
+    return value is not None and not pd.isna(value) and bool(value)
+
+
 def _num(value: Any) -> Optional[float]:
     try:
         value = float(value)
@@ -108,6 +112,8 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
         status = text(row["status"])
         if status == "ok" and text(row.get("dense_status")) != "ok":
             status = "baseline " + text(row.get("dense_status"), "missing")
+        elif status == "ok" and (_flag(row.get("noisy")) or _flag(row.get("dense_noisy"))):
+            status = "ok, noisy"
         mark = best_worst.get(idx, "")
         label = config_label(row, extras)
         cells = [
@@ -127,7 +133,9 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
         cells += [
             fmt(row.get("dropped_fraction")),
             Cell(f"{active / 1e6:.2f}M / {total / 1e6:.2f}M" if active and total else "—", total),
-            Cell(status, status, "" if status == "ok" else "failed", text(row.get("error"))),
+            Cell(status, status, "" if status.startswith("ok") else "failed",
+                 "latency IQR / median > 10% for the MoE case or its baseline" if status == "ok, noisy"
+                 else text(row.get("error"))),
         ]
         table.rows.append(cells)
         table.row_classes.append(mark)
