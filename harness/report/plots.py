@@ -17,7 +17,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from harness.analysis import capacity_label, coverage
 
@@ -97,6 +97,9 @@ def _vs_experts(
         ax.set_ylabel(ylabel)
         if log_y:
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         else:
             ax.set_ylim(0, float(data["value"].max()) * 1.1)
     if axes[0][-1].get_legend() is not None:
