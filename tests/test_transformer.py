@@ -8,6 +8,15 @@ from harness.models.dense import FeedForward
 from harness.models.moe.layer import MoELayer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation, which is very slow on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _case(moe=None, **model):
     return Case(kind="moe" if moe else "dense", model=ModelConfig(**model), moe=moe, run=RunSettings())
 

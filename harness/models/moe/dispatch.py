@@ -94,9 +94,12 @@ def _native_grouped_mm(a: Tensor, w: Tensor) -> bool:
     return torch.cuda.get_device_capability(a.device) >= (8, 0)
 
 
-def grouped_matmul(a: Tensor, w: Tensor, plan: DispatchPlan) -> Tensor:
-    """`a` rows grouped by expert (sizes `plan.counts`) times `w[e]` for each group: `[N, n] x [E, n, m]`."""
-    if _native_grouped_mm(a, w):
+def grouped_matmul(a: Tensor, w: Tensor, plan: DispatchPlan, native: Optional[bool] = None) -> Tensor:
+    """`a` rows grouped by expert (sizes `plan.counts`) times `w[e]` for each group: `[N, n] x [E, n, m]`.
+
+    `native` forces (True) or forbids (False) `F.grouped_mm`; by default it is used where it is fast.
+    """
+    if native if native is not None else _native_grouped_mm(a, w):
         offsets = plan.counts.cumsum(0).to(torch.int32)
         return F.grouped_mm(a, w, offs=offsets)
     parts = [chunk @ w[e] for e, chunk in enumerate(a.split(plan.sizes)) if chunk.shape[0]]

@@ -1,0 +1,98 @@
+"""One MoE layer against its FLOP-matched dense FFN (d_ff = top_k * expert d_ff), per implementation.
+
+    python -m benchmarks.moe_layer                      # the docs/performance.md table (CPU, fp32)
+    python -m benchmarks.moe_layer --experts 8 --top-k 2 --tokens 4096 --impl grouped
+
+Times forward (no grad) and forward+backward (sum of outputs as loss, input and weight grads) with
+`harness.metrics.timing.time_steps`, interleaving dense and MoE rounds so that drift in the machine
+hits both alike, and prints median times and MoE/dense ratios. Routing is forced `balanced` by
+default (random router weights route unlike trained ones); the router itself still runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Callable
+
+import torch
+
+from harness.config import ModelConfig, MoEConfig
+from harness.metrics.timing import time_steps
+from harness.models.dense import FeedForward
+from harness.models.moe.dispatch import IMPLS
+from harness.models.moe.layer import MoELayer
+
+
+def _steps(module: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], None]]:
+    def call():
+        out = module(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    def forward():
+        with torch.no_grad():
+            call()
+
+    def forward_backward():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        call().sum().backward()
+
+    return {"fwd": forward, "fwd+bwd": forward_backward}
+
+
+def measure(experts: int, top_k: int, impls: list[str], args) -> list[dict]:
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    model = ModelConfig(d_model=args.d_model, d_ff=args.d_ff, activation=args.activation)
+    dense = FeedForward(args.d_model, top_k * args.d_ff, args.activation).to(device, dtype)
+    modules = {"dense": dense}
+    for impl in impls:
+        moe = MoEConfig(num_experts=experts, top_k=top_k, capacity_factor=args.capacity_factor, impl=impl,
+                        routing_mode=args.routing_mode, aux_loss_coef=0.0)
+        modules[impl] = MoELayer(model, moe).to(device, dtype)
+    x = torch.randn(args.tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
+    steps = {name: _steps(m, x) for name, m in modules.items()}
+    times: dict[tuple[str, str], list[float]] = {(n, p): [] for n in modules for p in ("fwd", "fwd+bwd")}
+    for _ in range(args.rounds):
+        for name in modules:
+            for phase, step in steps[name].items():
+                t = time_steps(step, device, warmup=1, repeats=args.repeats)
+                times[(name, phase)].extend(t.seconds)
+    rows = []
+    for phase in ("fwd", "fwd+bwd"):
+        dense_ms = statistics.median(times[("dense", phase)]) * 1e3
+        for name in modules:
+            ms = statistics.median(times[(name, phase)]) * 1e3
+            rows.append(dict(experts=experts, top_k=top_k, phase=phase, impl=name, ms=ms, ratio=ms / dense_ms))
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experts", type=int, nargs="+", default=[8, 64])
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--impl", nargs="+", default=list(IMPLS), choices=list(IMPLS))
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--d-ff", type=int, default=1024, help="expert width")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--activation", default="gelu", choices=["gelu", "swiglu"])
+    p.add_argument("--capacity-factor", type=lambda s: None if s == "none" else float(s), default=None,
+                   help="'none' (default) = dropless")
+    p.add_argument("--routing-mode", default="balanced", choices=["learned", "balanced", "skewed"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
+          f"d_model {args.d_model}, expert d_ff {args.d_ff}, tokens {args.tokens}, {args.activation}, "
+          f"routing {args.routing_mode}, capacity_factor {args.capacity_factor}")
+    print(f"{'experts':>7} {'top_k':>5} {'phase':>8} {'impl':>8} {'ms':>9} {'MoE/dense':>9}")
+    for experts in args.experts:
+        for r in measure(experts, args.top_k, args.impl, args):
+            print(f"{r['experts']:>7} {r['top_k']:>5} {r['phase']:>8} {r['impl']:>8} {r['ms']:>9.2f} {r['ratio']:>9.3f}")
+
+
+if __name__ == "__main__":
+    main()
