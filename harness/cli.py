@@ -12,8 +12,11 @@ from typing import Optional, Sequence
 from harness.suite import SuiteError
 
 
-def _add_suite_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", help="path to a suite YAML file")
+def _add_suite_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        p.add_argument("suite", nargs="?", help="path to a suite YAML file (optional with --resume)")
+    else:
+        p.add_argument("suite", help="path to a suite YAML file")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override any suite key, e.g. model.d_model=128 or moe.capacity_factor=null (repeatable)",
@@ -28,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="expand a suite and measure every case")
-    _add_suite_args(p)
+    _add_suite_args(p, optional=True)
     p.add_argument("--out", help="output folder (default: reports/<suite>-<timestamp>)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping measured cases")
     p.add_argument("--rerun-failed", action="store_true", help="with --resume: run failed cases again")

@@ -8,12 +8,34 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-import torch
+
+def die_with_parent() -> None:
+    """Linux: if the runner is killed (even with SIGKILL), this worker goes too instead of lingering.
+
+    Called before torch is imported: the import takes seconds, and a runner killed during it must
+    not leave an orphan behind.
+    """
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the runner died before the request took effect
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    die_with_parent()
+
+import torch  # noqa: E402 - after the parent-death request above
 
 from harness.config import Case
 
@@ -53,17 +75,6 @@ def limit_memory(case: Case, device: torch.device) -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (limit * 2**20, limit * 2**20))
-
-
-def die_with_parent() -> None:
-    """Linux: if the runner is killed (even with SIGKILL), this worker goes too instead of lingering."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def measure(case: Case, workload_name: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -139,7 +150,6 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    die_with_parent()
     job_path, result_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
     case = Case.model_validate(job["case"])

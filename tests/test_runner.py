@@ -1,0 +1,213 @@
+"""End to end: real worker subprocesses, failures isolated, nothing lost on kill, resume, shards, merge."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.merge import merge
+from harness.results import COLUMNS
+from harness.runner import in_shard, jobs_for
+from harness.store import RunStore
+from harness.suite import SuiteError, build_suite, load_suite
+from harness.sweep import expand
+from tests.conftest import TINY_SUITE
+
+pytestmark = pytest.mark.slow
+
+REQUIRED = [
+    "case_id", "kind", "num_experts", "top_k", "capacity_factor", "matched_to", "params_total", "params_active",
+    "flops_per_token", "flop_match_error", "workload", "batch_size", "seq_len", "dtype", "device", "tokens_per_s",
+    "latency_ms_median", "latency_ms_p90", "peak_memory_bytes", "status", "error",
+]
+
+FAULTY = """
+name: faulty
+model: {vocab_size: 32, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, seq_len: 8}
+moe: {num_experts: 2, top_k: 1, impl: loop}
+run: {batch_size: 1, warmup: 1, repeats: 1, timeout_s: 10, memory_limit_mb: 2500, device: cpu, measure_energy: false}
+workloads: [forward, "tests.faults:raises", "tests.faults:allocates", "tests.faults:sleeps", "tests.faults:segfaults"]
+baselines: []
+"""
+
+SLOW = """
+name: slow
+model: {vocab_size: 32, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, seq_len: 8}
+moe: {num_experts: 4, top_k: 1, impl: loop}
+run: {batch_size: 1, warmup: 1, repeats: 2, device: cpu, measure_energy: false}
+workloads: ["tests.faults:slow"]
+baselines: []
+sweep: {grid: {moe.top_k: [1, 2], moe.num_experts: [2, 4]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    suite = root / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    out = root / "run"
+    code = main(["run", str(suite), "--out", str(out), "--no-report", "--quiet"])
+    return code, out
+
+
+def test_end_to_end_files_and_columns(tiny_run):
+    code, out = tiny_run
+    assert code == 0
+    for name in ("results.csv", "results.parquet", "run.json", "routing_layers.csv"):
+        assert (out / name).exists(), name
+    frame = pd.read_csv(out / "results.csv")
+    parquet = pd.read_parquet(out / "results.parquet")
+    assert len(frame) == len(parquet) == 8  # (2 moe + 2 dense) x 2 workloads
+    for column in REQUIRED:
+        assert column in frame, column
+    assert set(frame["status"]) == {"ok"}
+    assert (frame["tokens_per_s"] > 0).all() and (frame["peak_memory_bytes"] > 0).all()
+    assert (frame["latency_ms_p90"] >= frame["latency_ms_median"]).all()
+    moe = frame[frame["kind"] == "moe"]
+    dense = frame[frame["kind"] == "dense"].set_index(["case_id", "workload"])
+    for _, row in moe.iterrows():
+        base = dense.loc[(row["matched_to"], row["workload"])]
+        assert row["case_id"] in base["matched_to"].split()
+        assert abs(base["flops_per_token"] - row["flops_per_token"]) / row["flops_per_token"] < 0.01
+        assert row["flop_match_error"] < 0.01
+    meta = json.loads((out / "run.json").read_text())
+    for key in ("python", "torch", "device_name", "cpu_model", "threads", "git_commit"):
+        assert key in meta["fingerprint"]
+    assert meta["started"] and meta["finished"]
+    assert meta["suite"]["name"] == "tiny"
+
+
+def test_every_column_is_documented(tiny_run):
+    _, out = tiny_run
+    frame = pd.read_csv(out / "results.csv")
+    undocumented = [c for c in frame.columns if c not in COLUMNS]
+    assert not undocumented
+    readme = Path("README.md").read_text()
+    missing = [c for c in frame.columns if f"`{c}`" not in readme]
+    assert not missing, f"columns missing from README: {missing}"
+
+
+def test_failures_become_rows_and_the_run_goes_on(tmp_path, write_suite):
+    out = tmp_path / "run"
+    code = main(["run", str(write_suite(FAULTY)), "--out", str(out), "--no-report", "--quiet"])
+    assert code == 1
+    frame = pd.read_csv(out / "results.csv").set_index("workload")
+    assert frame.loc["forward", "status"] == "ok"
+    assert frame.loc["tests.faults:raises", "status"] == "failed"
+    assert "deliberate failure" in frame.loc["tests.faults:raises", "error"]
+    assert frame.loc["tests.faults:allocates", "status"] == "oom"
+    assert frame.loc["tests.faults:sleeps", "status"] == "timeout"
+    assert "timeout" in frame.loc["tests.faults:sleeps", "error"]
+    assert frame.loc["tests.faults:segfaults", "status"] == "failed"
+    assert "SIGSEGV" in frame.loc["tests.faults:segfaults", "error"]
+    for error in frame["error"].dropna():
+        assert "\n" not in error
+    # --allow-failures turns the exit code green; --resume --rerun-failed retries only the failures
+    code = main(["run", "--resume", str(out), "--rerun-failed", "--allow-failures", "--no-report", "--quiet"])
+    assert code == 0
+    assert len(RunStore(out).rows()) == 5
+
+
+def _workers_with(mark: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if f"HARNESS_TEST_MARK={mark}".encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _start_runner(suite: Path, out: Path, mark: str) -> subprocess.Popen:
+    env = {**os.environ, "HARNESS_TEST_MARK": mark}
+    cmd = [sys.executable, "-m", "harness", "run", str(suite), "--out", str(out), "--no-report"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_rows(store: RunStore, n: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while len(store.rows()) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "runner made no progress"
+        time.sleep(0.2)
+
+
+def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, write_suite):
+    out, mark = tmp_path / "run", uuid.uuid4().hex
+    proc = _start_runner(write_suite(SLOW), out, mark)
+    store = RunStore(out)
+    _wait_for_rows(store, 1, proc)
+    before = {(r["case_id"], r["workload"]): r for r in store.rows()}
+    proc.kill()
+    proc.wait()
+    time.sleep(0.5)
+    assert _workers_with(mark) == []  # the worker in flight died with its runner
+    assert len(pd.read_csv(out / "results.csv")) == len(before)
+    code = main(["run", "--resume", str(out), "--no-report", "--quiet"])
+    assert code == 0
+    rows = store.rows()
+    keys = [(r["case_id"], r["workload"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 4
+    lines = [json.loads(line) for line in store.journal.read_text().splitlines() if line.strip()]
+    assert len(lines) == 4  # resumed cases were not measured twice
+    for key, row in before.items():
+        assert next(r for r in rows if (r["case_id"], r["workload"]) == key) == row
+
+
+def test_sigint_stops_cleanly(tmp_path, write_suite):
+    out, mark = tmp_path / "run", uuid.uuid4().hex
+    proc = _start_runner(write_suite(SLOW), out, mark)
+    store = RunStore(out)
+    _wait_for_rows(store, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    assert _workers_with(mark) == []
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["interrupted"] == "SIGINT"
+    assert 1 <= len(pd.read_csv(out / "results.csv")) < 4
+
+
+def test_shards_partition_the_cases():
+    suite = load_suite("suites/smoke.yaml")
+    expansion = expand(suite)
+    full = {job.key for job in jobs_for(suite, expansion, None)}
+    parts = [{job.key for job in jobs_for(suite, expansion, (i, 3))} for i in (1, 2, 3)]
+    assert set().union(*parts) == full
+    assert sum(len(p) for p in parts) == len(full)
+    assert all(in_shard(c.id, (1, 1)) for c in expansion)
+
+
+def _fake_run(root: Path, suite_name: str, rows: list[dict]) -> Path:
+    store = RunStore(root)
+    store.write_meta({
+        "suite": build_suite({"name": suite_name}).model_dump(mode="json"),
+        "fingerprint": {"device_name": "cpu", "torch": "x", "cpu_model": "y", "threads": 2},
+        "started": "2026-01-01T00:00:00", "finished": "2026-01-01T00:01:00",
+    })
+    for row in rows:
+        store.append(row)
+    return root
+
+
+def test_merge_unions_shards_and_refuses_other_suites(tmp_path):
+    a = _fake_run(tmp_path / "a", "s", [{"case_id": "1", "workload": "forward", "status": "ok", "kind": "moe"}])
+    b = _fake_run(tmp_path / "b", "s", [{"case_id": "2", "workload": "forward", "status": "ok", "kind": "dense"}])
+    merged = merge([a, b], tmp_path / "m")
+    assert sorted(r["case_id"] for r in merged.rows()) == ["1", "2"]
+    assert json.loads((tmp_path / "m" / "run.json").read_text())["merged_from"] == [str(a), str(b)]
+    other = _fake_run(tmp_path / "c", "other", [])
+    with pytest.raises(SuiteError, match="different suite"):
+        merge([a, other], tmp_path / "m2")
