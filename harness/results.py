@@ -62,12 +62,17 @@ COLUMNS: dict[str, str] = {
     "noisy": "True when IQR / median latency > 10%",
     "timer": "perf_counter (CPU) or cuda_event (GPU)",
     "tokens_per_step": "batch_size * seq_len",
-    "train_loss": "cross-entropy of the last timed training step (train_step only)",
+    "train_loss": "cross-entropy of the first training step on the seeded weights (train_step only; reproducible for a seed)",
+    "measured_flops_per_token": "forward FLOPs per token counted by torch.utils.flop_counter on the real model (eval mode; includes capacity padding, excludes dropped tokens)",
     "achieved_tflops": "analytic FLOPs per token (training or forward) x tokens/s, in TFLOP/s",
     "peak_tflops": "peak TFLOP/s MFU is measured against (see peak_tflops_source)",
     "peak_tflops_source": "'suite' (run.peak_tflops), 'datasheet: <gpu> <dtype>' (NVIDIA dense peak), 'calibration_matmul <dtype>' (CPU, measured once per run) or 'unavailable: <reason>'",
     "mfu": "model FLOPs utilisation: achieved_tflops / peak_tflops",
     "torch_threads": "torch intra-op threads in the worker",
+    "interleaved_throughput_ratio": "MoE row, suites with `interleave: true`: MoE tokens/s over its baseline's, timed with alternating steps (A B A B) in one process",
+    "throughput_ratio_ci_low": "lower bound of the 95% bootstrap interval of that ratio",
+    "throughput_ratio_ci_high": "upper bound of that interval",
+    "throughput_ratio_ci_method": "'interleaved', or 'unavailable: <reason>' when the interleaved pair failed",
     # memory
     "peak_memory_bytes": "peak memory of the worker: torch.cuda.max_memory_allocated on GPU, process peak RSS on CPU (includes the Python and torch runtime)",
     "memory_source": "how peak_memory_bytes was measured",
@@ -94,7 +99,7 @@ COLUMNS: dict[str, str] = {
     "gpu_sm_clock_mhz_start": "GPU SM clock before the timed pass (NVML); empty on CPU",
     "gpu_temp_c_end": "GPU temperature after the energy pass",
     "gpu_sm_clock_mhz_end": "GPU SM clock after the energy pass",
-    # routing (MoE only; see harness.metrics.routing)
+    # routing (MoE only; see harness.metrics.routing), from the first step on the seeded weights
     "dropped_fraction": "fraction of token-slots over capacity and dropped",
     "load_cv": "coefficient of variation of tokens per expert",
     "max_mean_load": "max over mean tokens per expert",
@@ -164,3 +169,14 @@ def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str,
         ]
         row["flop_match_error"] = max(errors) if errors and case.baseline == "flop_matched" else None
     return row
+
+
+def markdown_table() -> str:
+    """The column table README.md embeds (regenerate with `python -m harness.results`)."""
+    lines = ["| column | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {text.replace('|', '/')} |" for name, text in COLUMNS.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -99,14 +99,27 @@ def _last_line(log: Path) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def run_job(job: Job, run_dir: Path, echo_logs: bool = False, context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one worker; always returns a result dict with a status, whatever happened to the worker."""
+def run_job(
+    job: Job,
+    run_dir: Path,
+    echo_logs: bool = False,
+    context: dict[str, Any] | None = None,
+    pair_with: Case | None = None,
+) -> dict[str, Any]:
+    """Run one worker; always returns a result dict with a status, whatever happened to the worker.
+
+    With `pair_with`, the worker times the two cases interleaved and returns both sides' samples.
+    """
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
-    log_path = logs / f"{job.case.id}-{job.workload}.log"
+    suffix = f"-interleaved-{pair_with.id}" if pair_with else ""
+    log_path = logs / f"{job.case.id}-{job.workload}{suffix}.log"
+    payload = {"case": job.case.model_dump(mode="json"), "workload": job.workload, "context": context or {}}
+    if pair_with is not None:
+        payload["pair_with"] = pair_with.model_dump(mode="json")
     with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_path.write_text(json.dumps({"case": job.case.model_dump(mode="json"), "workload": job.workload, "context": context or {}}))
+        job_path.write_text(json.dumps(payload))
         cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
         oom_before = oom_kills()
         with open(log_path, "w") as log:
@@ -211,6 +224,8 @@ def main(args: argparse.Namespace) -> int:
                 started = time.perf_counter()
                 result = run_job(job, store.root, echo_logs=args.verbose, context=context)
                 row = _row(job, result, expansion, suite, meta)
+                if suite.interleave and job.case.kind == "moe" and row["status"] == "ok" and row.get("matched_to"):
+                    row.update(_interleaved_ratio(job, expansion.by_id()[row["matched_to"]], store.root, args.verbose))
                 for layer in result.get("routing_layers", []):
                     layer.update(case_id=job.case.id, workload=job.workload)
                 store.append(row, result.get("routing_layers", []))
@@ -252,6 +267,23 @@ def _row(job: Job, result: dict[str, Any], expansion: Expansion, suite: Suite, m
     )
     row.update(result.get("row", {}))
     return row
+
+
+def _interleaved_ratio(job: Job, baseline: Case, run_dir: Path, verbose: bool) -> dict[str, Any]:
+    """MoE throughput over its baseline's from alternating steps in one process, with a bootstrap CI."""
+    from harness.metrics.statistics import ratio_ci
+
+    result = run_job(job, run_dir, echo_logs=verbose, pair_with=baseline)
+    if result.get("status") != "ok":
+        return {"throughput_ratio_ci_method": f"unavailable: interleaved pair {result.get('status')}: {result.get('error')}"}
+    # equal tokens per step on both sides, so throughput ratio = dense latency / MoE latency
+    ratio, low, high = ratio_ci(result["samples_b"], result["samples_a"], seed=job.case.run.seed)
+    return {
+        "interleaved_throughput_ratio": ratio,
+        "throughput_ratio_ci_low": low,
+        "throughput_ratio_ci_high": high,
+        "throughput_ratio_ci_method": "interleaved",
+    }
 
 
 def _write_report(run_dir: Path) -> None:

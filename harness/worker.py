@@ -77,28 +77,53 @@ def limit_memory(case: Case, device: torch.device) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit * 2**20, limit * 2**20))
 
 
-def measure(case: Case, workload_name: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
-    from harness import accounting
-    from harness.metrics import energy, memory, nvml, routing, utilisation
-    from harness.metrics.statistics import summarize
-    from harness.metrics.timing import time_steps
+def prepare(case: Case, workload_name: str, device: torch.device):
+    """The seeded model on its device and the workload around it."""
     from harness.models.transformer import build_model
     from harness.workloads import make_workload
 
     torch.manual_seed(case.run.seed)
+    model = build_model(case).to(device=device, dtype=getattr(torch, case.run.dtype))
+    return model, make_workload(workload_name, model, case, device)
+
+
+def probe(model: torch.nn.Module, workload, case: Case, device: torch.device) -> dict[str, Any]:
+    """The first step on freshly seeded weights: its loss and routing statistics are reproducible,
+    whereas later steps depend on how many warmup steps the timing needed."""
+    from harness.metrics import routing
+    from harness.metrics.flops import measured_forward_flops_per_token
+    from harness.workloads import sample_tokens
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        measured = measured_forward_flops_per_token(model, sample_tokens(case, device)[:, :-1])
+    model.train(was_training)
+    routing.reset(model)
+    workload.step()
+    routing_case, routing_layers = routing.collect(model)
+    return {
+        "row": {"measured_flops_per_token": measured, "train_loss": workload.last_loss(), **routing_case},
+        "routing_layers": routing_layers,
+    }
+
+
+def measure(case: Case, workload_name: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    from harness import accounting
+    from harness.metrics import energy, memory, nvml, utilisation
+    from harness.metrics.statistics import summarize
+    from harness.metrics.timing import time_steps
+
     device = resolve_device(case.run.device)
     limit_memory(case, device)
-    dtype = getattr(torch, case.run.dtype)
-    model = build_model(case).to(device=device, dtype=dtype)
-    workload = make_workload(workload_name, model, case, device)
+    model, workload = prepare(case, workload_name, device)
+    first = probe(model, workload, case, device)
 
     energy.cooldown(case.run.cooldown_s)
     gpu_start = nvml.gpu_state(device)
     memory.reset_peak(device)
-    routing.reset(model)
     timings = time_steps(workload.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s)
     stats = summarize(timings.seconds, seed=case.run.seed)
-    routing_case, routing_layers = routing.collect(model)
     peak = memory.peak_memory(device)
 
     row: dict[str, Any] = {
@@ -115,10 +140,9 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
         "noisy": stats.noisy,
         "timer": timings.timer,
         "tokens_per_step": workload.tokens_per_step,
-        "train_loss": workload.last_loss(),
         "torch_threads": torch.get_num_threads(),
         **peak,
-        **routing_case,
+        **first["row"],
         "samples_s": timings.seconds,
     }
     flops = accounting.summary(case.model, case.moe)
@@ -140,7 +164,20 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
         row.update(energy.skipped("run.measure_energy is false"))
     row.update({f"{k}_start": v for k, v in gpu_start.items()})
     row.update({f"{k}_end": v for k, v in nvml.gpu_state(device).items()})
-    return {"row": row, "routing_layers": routing_layers}
+    return {"row": row, "routing_layers": first["routing_layers"]}
+
+
+def measure_interleaved(case: Case, other: Case, workload_name: str) -> dict[str, Any]:
+    """Time two cases in one process, alternating steps (A B A B ...), so slow drifts of the machine
+    hit both sides alike; used only for the ratio, never for memory or energy."""
+    from harness.metrics.timing import time_pair
+
+    device = resolve_device(case.run.device)
+    limit_memory(case, device)
+    _, workload_a = prepare(case, workload_name, device)
+    _, workload_b = prepare(other, workload_name, device)
+    a, b = time_pair(workload_a.step, workload_b.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s)
+    return {"samples_a": a, "samples_b": b}
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -154,7 +191,10 @@ def main(argv: list[str]) -> int:
     job = json.loads(job_path.read_text())
     case = Case.model_validate(job["case"])
     try:
-        result = measure(case, job["workload"], job.get("context"))
+        if job.get("pair_with"):
+            result = measure_interleaved(case, Case.model_validate(job["pair_with"]), job["workload"])
+        else:
+            result = measure(case, job["workload"], job.get("context"))
         result["status"] = "ok"
         result["error"] = None
     except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case

@@ -211,3 +211,51 @@ def test_merge_unions_shards_and_refuses_other_suites(tmp_path):
     other = _fake_run(tmp_path / "c", "other", [])
     with pytest.raises(SuiteError, match="different suite"):
         merge([a, other], tmp_path / "m2")
+
+
+def test_same_seed_reproduces_params_flops_routing_and_loss():
+    from harness.worker import measure
+
+    suite = build_suite({
+        "name": "r", "model": {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "seq_len": 16},
+        "moe": {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0, "impl": "grouped"},
+        "run": {"batch_size": 2, "warmup": 1, "repeats": 2, "device": "cpu", "measure_energy": False},
+    })
+    case = expand(suite).cases[0]
+    keys = ("train_loss", "measured_flops_per_token", "dropped_fraction", "load_cv", "router_entropy", "aux_loss")
+    runs = [measure(case, "train_step")["row"] for _ in range(2)]
+    for key in keys:
+        assert runs[0][key] == runs[1][key], key
+    other = Case_with_seed(case, 1)
+    assert measure(other, "train_step")["row"]["train_loss"] != runs[0]["train_loss"]
+
+
+def Case_with_seed(case, seed):
+    from harness.config import Case
+
+    return Case.model_validate({**case.model_dump(), "run": {**case.run.model_dump(), "seed": seed}})
+
+
+def test_interleaved_ratio_has_its_own_ci(tmp_path, write_suite):
+    suite = write_suite("""
+        name: inter
+        model: {vocab_size: 32, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, seq_len: 8}
+        moe: {num_experts: 2, top_k: 1, impl: loop}
+        run: {batch_size: 1, warmup: 1, repeats: 6, device: cpu, measure_energy: false}
+        workloads: [forward]
+        interleave: true
+        """)
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out), "--no-report", "--quiet"]) == 0
+    frame = pd.read_csv(out / "results.csv")
+    moe = frame[frame["kind"] == "moe"].iloc[0]
+    assert moe["throughput_ratio_ci_method"] == "interleaved"
+    assert moe["throughput_ratio_ci_low"] <= moe["interleaved_throughput_ratio"] <= moe["throughput_ratio_ci_high"]
+    assert (out / "logs" / f"{moe['case_id']}-forward-interleaved-{moe['matched_to']}.log").exists()
+    assert "seed" in frame and (frame["seed"] == 0).all()
+
+
+def test_readme_column_table_is_current():
+    from harness.results import markdown_table
+
+    assert markdown_table() in Path("README.md").read_text()

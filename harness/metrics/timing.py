@@ -77,3 +77,36 @@ def _time_cuda(step, device, warmup, repeats, min_time_s, max_warmup, max_repeat
     while sum(times) < min_time_s and len(times) < max_repeats:
         times += run_batch(min(repeats, max_repeats - len(times)))
     return Timings(times, len(warm), "cuda_event")
+
+
+def time_pair(
+    step_a: Callable[[], None],
+    step_b: Callable[[], None],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    min_time_s: float = 0.0,
+    max_repeats: int = 1000,
+) -> tuple[list[float], list[float]]:
+    """Alternate A and B step by step; returns both sides' per-step seconds."""
+
+    def once(step: Callable[[], None]) -> float:
+        if device.type != "cuda":
+            return _time_once_cpu(step)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    for _ in range(max(warmup, 1)):
+        once(step_a)
+        once(step_b)
+    a: list[float] = []
+    b: list[float] = []
+    started = time.perf_counter()
+    while len(a) < repeats or (time.perf_counter() - started < min_time_s and len(a) < max_repeats):
+        a.append(once(step_a))
+        b.append(once(step_b))
+    return a, b
