@@ -1,4 +1,4 @@
-"""Command line front end: `python -m harness {run,list,validate,plan,report,merge} ...`.
+"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge} ...`.
 
 Each command's work lives in its own module; this file only parses arguments and maps
 user-fixable errors (SuiteError) to one message and exit code 2.
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where to write the comparison report (two runs)")
 
+    p = sub.add_parser("compare", help="compare a run with a stored baseline; exit 1 on a regression (nightly CI)")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--baseline", required=True, metavar="DIR_OR_FILE", help="a run folder or a file under baselines/")
+    p.add_argument("--threshold", type=float, default=0.10, help="relative slowdown that counts as a regression (default 0.10)")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test (default 0.01)")
+    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    p.add_argument("--allow-mismatch", action="store_true", help="compare even when environment fingerprints differ")
+
     p = sub.add_parser("merge", help="combine shard outputs of one suite into one run")
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("--out", required=True)
@@ -86,6 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.report import main as report_main
 
             return report_main(args)
+        if args.command == "compare":
+            from harness.compare import main as compare_main
+
+            return compare_main(args)
         if args.command == "merge":
             from harness.merge import main as merge_main
 

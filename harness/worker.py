@@ -164,6 +164,7 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
         row.update(energy.skipped("run.measure_energy is false"))
     row.update({f"{k}_start": v for k, v in gpu_start.items()})
     row.update({f"{k}_end": v for k, v in nvml.gpu_state(device).items()})
+    row.update(workload.finish())
     return {"row": row, "routing_layers": first["routing_layers"]}
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -12,10 +12,17 @@ from harness.config import Case
 
 @dataclass
 class Workload:
+    """What the worker times: `step` runs once per timed iteration.
+
+    `finish` runs once after timing and returns extra result columns (e.g. a quality workload
+    trains on to its budget and evaluates); it must not change what was timed.
+    """
+
     step: Callable[[], None]
     tokens_per_step: int
     training: bool
     last_loss: Callable[[], float | None] = lambda: None
+    finish: Callable[[], dict[str, Any]] = dict
 
 
 def sample_tokens(case: Case, device: torch.device) -> torch.Tensor:
