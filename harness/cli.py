@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare a run with a stored baseline; exit 1 on a regression (nightly CI)")
     p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--baseline", required=True, metavar="DIR_OR_FILE", help="a run folder or a file under baselines/")
+    p.add_argument("--baseline", metavar="DIR_OR_FILE", help="a run folder or a file under baselines/")
+    p.add_argument("--save-baseline", metavar="FILE", help="instead of comparing, store RUN_DIR as a baseline file (e.g. baselines/nightly-cpu.json)")
     p.add_argument("--threshold", type=float, default=0.10, help="relative slowdown that counts as a regression (default 0.10)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test (default 0.01)")
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
