@@ -26,6 +26,7 @@ from typing import Any
 
 from harness.analysis import RunError, load, load_run_info
 from harness.environment import comparable
+from harness.metrics.statistics import NOISY_RELATIVE_IQR
 
 MIN_SAMPLES = 5
 CI_LEVEL = "95%"
@@ -227,7 +228,17 @@ def metric_finding(
         verdict = IMPROVEMENT if significant else BETTER_NOISY
     else:
         verdict = UNCHANGED
-    return Finding(**finding, change=c / b - 1, test=method, p_value=p, verdict=verdict)
+    return Finding(**finding, change=c / b - 1, test=method, p_value=p, verdict=verdict,
+                   note=_noise_note(base, current) if metric.timing else "")
+
+
+def _noise_note(base: CaseResult, current: CaseResult) -> str:
+    """Say when either side's spread (IQR / median) was above the 'noisy' line: the machine was busy."""
+    spread = {side: r.latency_ms_iqr / r.latency_ms_median for side, r in (("baseline", base), ("now", current))
+              if _usable(r.latency_ms_iqr) and _usable(r.latency_ms_median)}
+    if not any(v > NOISY_RELATIVE_IQR for v in spread.values()):
+        return ""
+    return "noisy timing: IQR/median " + ", ".join(f"{v:.0%} {side}" for side, v in spread.items())
 
 
 def compare_case(base: CaseResult | None, current: CaseResult | None, threshold: float, alpha: float) -> list[Finding]:
@@ -371,7 +382,7 @@ def render(comparison: Comparison, fmt: str) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    notes = [f"  {f.case_id} {f.workload}: {f.note}" for f in comparison.findings if f.note and f.verdict != UNCHANGED]
+    notes = list(dict.fromkeys(f"  {f.case_id} {f.workload}: {f.note}" for f in comparison.findings if f.note))
     if notes:
         lines += ["", "notes:", *notes]
     lines += ["", _headline(comparison)]
