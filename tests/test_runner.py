@@ -165,18 +165,19 @@ def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, writ
         assert next(r for r in rows if (r["case_id"], r["workload"]) == key) == row
 
 
-def test_sigint_stops_cleanly(tmp_path, write_suite):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly(tmp_path, write_suite, sig):
     out, mark = tmp_path / "run", uuid.uuid4().hex
     proc = _start_runner(write_suite(SLOW), out, mark)
     store = RunStore(out)
     _wait_for_rows(store, 1, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "--resume" in err and "Traceback" not in err
     assert _workers_with(mark) == []
     meta = json.loads((out / "run.json").read_text())
-    assert meta["interrupted"] == "SIGINT"
+    assert meta["interrupted"] == sig.name
     assert 1 <= len(pd.read_csv(out / "results.csv")) < 4
 
 
