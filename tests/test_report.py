@@ -170,3 +170,17 @@ def test_noisy_timings_are_flagged_in_the_headline(tmp_path):
     status = {(row[0].sort, row[1].text): row[-1].text for row in table.rows}
     assert status[("E2 k2 cf1", "forward")] == "ok, noisy"
     assert status[("E2 k1 cf1", "forward")] == "ok"
+
+
+def test_comparison_warns_when_environments_differ(tmp_path):
+    import json
+
+    a, b = make_run(tmp_path / "a"), make_run(tmp_path / "b")
+    assert cli_main(["report", str(a), str(b), "--out", str(tmp_path / "same")]) == 0
+    assert 'id="env-warning"' not in (tmp_path / "same" / "report.html").read_text()
+    meta = json.loads((b / "run.json").read_text())
+    meta["fingerprint"]["device_name"] = "NVIDIA H200"
+    (b / "run.json").write_text(json.dumps(meta))
+    assert cli_main(["report", str(a), str(b), "--out", str(tmp_path / "differ")]) == 0
+    html = (tmp_path / "differ" / "report.html").read_text()
+    assert 'id="env-warning"' in html and "device_name" in html

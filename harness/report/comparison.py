@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from harness.environment import comparable
 from harness.analysis import safe_ratio, config_label, latency_columns, paired, throughput_ratio_bounds
 from harness.report.plots import Plot, new_figure
 from harness.report.tables import Cell, Table, fmt, ratio_cell, text, varying
@@ -105,6 +106,7 @@ def context(a: pd.DataFrame, b: pd.DataFrame, info_a: dict, info_b: dict, run_a:
         "n_matched": len(both), "n_both_ok": int(both["throughput_change"].notna().sum()),
         "changes": _change_table(both), "ratios": _ratio_table(shift, a),
         "fingerprints": _fingerprint_table(info_a, info_b),
+        "env_differs": comparable(info_a.get("fingerprint") or {}, info_b.get("fingerprint") or {}),
         "only_a": _only_in(a, b), "only_b": _only_in(b, a),
     }
 
