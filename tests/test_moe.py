@@ -32,7 +32,7 @@ def test_one_expert_top1_dropless_equals_dense_ffn(impl, activation):
     layer = _layer(model, num_experts=1, top_k=1, capacity_factor=None, impl=impl)
     dense = FeedForward(32, 64, activation)
     with torch.no_grad():
-        dense.w_in.weight.copy_(layer.experts.w_in[0].t())
+        dense.w_in.weight.copy_(layer.experts.w_in[0])
         dense.w_out.weight.copy_(layer.experts.w_out[0].t())
     x = torch.randn(2, 10, 32)
     y, _ = layer(x)
@@ -197,7 +197,7 @@ def test_dropping_keeps_first_choices_before_second_choices():
     routing = layer.router(x)
     from harness.models.moe.dispatch import make_plan
 
-    plan = make_plan(routing, 2, capacity=4)
+    plan = make_plan(routing, torch.bincount(routing.expert, minlength=2), capacity=4)
     first_choice = routing.expert[:8]  # slot-major: first 8 assignments are first choices
     for e in range(2):
         kept = set(plan.token[plan.expert == e].tolist())
@@ -403,7 +403,7 @@ def test_experts_unused_counted():
 def test_fine_grained_granularity_shapes():
     layer = _layer(num_experts=4, top_k=2, granularity=4, num_shared_experts=2)
     assert layer.num_experts == 16 and layer.k == 8
-    assert layer.experts.w_in.shape == (16, 32, 16) and layer.experts.w_out.shape == (16, 16, 32)
+    assert layer.experts.w_in.shape == (16, 16, 32) and layer.experts.w_out.shape == (16, 16, 32)
     assert layer.shared.w_in.weight.shape == (2 * 64, 32)
     routing = layer.router(torch.randn(5, 32))
     assert routing.expert.numel() == 5 * 8
@@ -421,15 +421,19 @@ def test_native_grouped_mm_path_matches_split_path():
     plan = DispatchPlan(token=torch.arange(10), expert=torch.repeat_interleave(torch.arange(4), counts),
                         weight=torch.ones(10), counts=counts, capacity=None)
     a = torch.randn(10, 16, requires_grad=True)
-    w = torch.randn(4, 16, 8, requires_grad=True)
-    try:
-        native = grouped_matmul(a, w, plan, native=True)
-    except (RuntimeError, NotImplementedError) as exc:
-        pytest.skip(f"F.grouped_mm unavailable on CPU here: {exc}")
-    g = torch.randn_like(native)
-    grads_native = torch.autograd.grad(native, (a, w), g)
-    split = grouped_matmul(a, w, plan, native=False)
-    grads_split = torch.autograd.grad(split, (a, w), g)
-    torch.testing.assert_close(native, split)
-    for x, y in zip(grads_native, grads_split):
-        torch.testing.assert_close(x, y)
+    for transposed, shape in ((True, (4, 8, 16)), (False, (4, 16, 8))):
+        w = torch.randn(*shape, requires_grad=True)
+        try:
+            native = grouped_matmul(a, w, plan, transposed, native=True)
+        except (RuntimeError, NotImplementedError) as exc:
+            pytest.skip(f"F.grouped_mm unavailable on CPU here: {exc}")
+        g = torch.randn_like(native)
+        grads_native = torch.autograd.grad(native, (a, w), g)
+        split = grouped_matmul(a, w, plan, transposed, native=False)
+        grads_split = torch.autograd.grad(split, (a, w), g)
+        expected = torch.cat([a[:3] @ (w[0].t() if transposed else w[0]), a[3:7] @ (w[2].t() if transposed else w[2]),
+                              a[7:] @ (w[3].t() if transposed else w[3])])
+        torch.testing.assert_close(split, expected)
+        torch.testing.assert_close(native, split)
+        for x, y in zip(grads_native, grads_split):
+            torch.testing.assert_close(x, y)

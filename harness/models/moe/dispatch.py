@@ -49,12 +49,11 @@ class DispatchPlan:
         return torch.arange(self.token.numel(), device=self.token.device) - start[self.expert]
 
 
-def make_plan(routing: Routing, num_experts: int, capacity: Optional[int]) -> DispatchPlan:
+def make_plan(routing: Routing, counts: Tensor, capacity: Optional[int]) -> DispatchPlan:
     """Sort assignments by expert and drop those past `capacity` (position within the expert, in
-    priority order). With `capacity=None` nothing is dropped."""
+    priority order). `counts` [E] = assignments per expert. With `capacity=None` nothing is dropped."""
     order = torch.argsort(routing.expert, stable=True)
     expert = routing.expert.index_select(0, order)
-    counts = torch.bincount(routing.expert, minlength=num_experts)
     if capacity is not None:
         start = counts.cumsum(0) - counts
         position = torch.arange(order.numel(), device=order.device) - start[expert]
@@ -94,22 +93,56 @@ def _native_grouped_mm(a: Tensor, w: Tensor) -> bool:
     return torch.cuda.get_device_capability(a.device) >= (8, 0)
 
 
-def grouped_matmul(a: Tensor, w: Tensor, plan: DispatchPlan, native: Optional[bool] = None) -> Tensor:
-    """`a` rows grouped by expert (sizes `plan.counts`) times `w[e]` for each group: `[N, n] x [E, n, m]`.
+class _SplitMM(torch.autograd.Function):
+    """Per-group `torch.mm` writing straight into one output buffer, and the same for the two backward
+    products (a `cat` of per-expert outputs costs about half as much again as the matmuls on CPU).
+    `w` is `[E, out, in]` when `transposed` else `[E, in, out]`; `sizes` are host ints (no sync)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, w: Tensor, sizes: list[int], transposed: bool) -> Tensor:
+        ctx.save_for_backward(a, w)
+        ctx.sizes, ctx.transposed = sizes, transposed
+        out = a.new_empty(a.shape[0], w.shape[1] if transposed else w.shape[2])
+        for e, (a_e, out_e) in enumerate(zip(a.split(sizes), out.split(sizes))):
+            if a_e.shape[0]:
+                torch.mm(a_e, w[e].t() if transposed else w[e], out=out_e)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, w = ctx.saved_tensors
+        sizes, transposed = ctx.sizes, ctx.transposed
+        grad = grad.contiguous()
+        grad_a = torch.empty_like(a) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        grad_a_parts = grad_a.split(sizes) if grad_a is not None else [None] * len(sizes)
+        for e, (a_e, g_e, ga_e) in enumerate(zip(a.split(sizes), grad.split(sizes), grad_a_parts)):
+            if not a_e.shape[0]:
+                continue
+            if ga_e is not None:
+                torch.mm(g_e, w[e] if transposed else w[e].t(), out=ga_e)
+            if grad_w is not None:
+                torch.mm(*((g_e.t(), a_e) if transposed else (a_e.t(), g_e)), out=grad_w[e])
+        return grad_a, grad_w, None, None
+
+
+def grouped_matmul(a: Tensor, w: Tensor, plan: DispatchPlan, transposed: bool,
+                   native: Optional[bool] = None) -> Tensor:
+    """Rows of `a` grouped by expert (sizes `plan.counts`), each group times its expert's matrix:
+    `a_e @ w[e].T` if `transposed` (w `[E, out, in]`) else `a_e @ w[e]` (w `[E, in, out]`).
 
     `native` forces (True) or forbids (False) `F.grouped_mm`; by default it is used where it is fast.
     """
     if native if native is not None else _native_grouped_mm(a, w):
         offsets = plan.counts.cumsum(0).to(torch.int32)
-        return F.grouped_mm(a, w, offs=offsets)
-    parts = [chunk @ w[e] for e, chunk in enumerate(a.split(plan.sizes)) if chunk.shape[0]]
-    return torch.cat(parts) if parts else a.new_zeros(0, w.shape[-1])
+        return F.grouped_mm(a, w.transpose(-2, -1) if transposed else w, offs=offsets)
+    return _SplitMM.apply(a, w, plan.sizes, transposed)
 
 
 def grouped(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
     xs = x.index_select(0, plan.token)
-    h = experts.act(grouped_matmul(xs, experts.w_in, plan))
-    return _combine(x, plan, grouped_matmul(h, experts.w_out, plan))
+    h = experts.act(grouped_matmul(xs, experts.w_in, plan, transposed=True))
+    return _combine(x, plan, grouped_matmul(h, experts.w_out, plan, transposed=False))
 
 
 def padded(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
@@ -119,7 +152,7 @@ def padded(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
         return torch.zeros_like(x)
     row = plan.expert * capacity + plan.position
     buf = x.new_zeros(E * capacity, d).index_copy(0, row, x.index_select(0, plan.token))
-    h = experts.act(torch.bmm(buf.view(E, capacity, d), experts.w_in))
+    h = experts.act(torch.bmm(buf.view(E, capacity, d), experts.w_in.transpose(1, 2)))
     y = torch.bmm(h, experts.w_out).view(E * capacity, d)
     return _combine(x, plan, y.index_select(0, row))
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from harness.config import ModelConfig, MoEConfig
 from harness.models.dense import FeedForward
-from harness.models.moe.dispatch import get_impl, make_plan
+from harness.models.moe.dispatch import DispatchPlan, get_impl, make_plan
 from harness.models.moe.experts import Experts
 from harness.models.moe.router import Routing, build_router
 from harness.models.moe.stats import RoutingTally
@@ -82,7 +82,7 @@ class MoELayer(nn.Module):
         routing = self.router(x)
         routed = torch.bincount(routing.expert, minlength=self.num_experts)
         capacity = self.capacity(T) if routing.token_choice else None
-        plan = make_plan(routing, self.num_experts, capacity)
+        plan = make_plan(routing, routed, capacity)
         y = self.impl(x, plan, self.experts)
         if self.shared is not None:
             y = y + self.shared(x)
@@ -95,18 +95,17 @@ class MoELayer(nn.Module):
         return y.view(shape), total
 
     @torch.no_grad()
-    def _tally(self, routing: Routing, plan, routed: Tensor, T: int) -> None:
+    def _tally(self, routing: Routing, plan: DispatchPlan, routed: Tensor, T: int) -> None:
         if routing.token_choice:
-            slots = routing.expert.numel()
+            slots = drop_total = routing.expert.numel()
             dropped = routed.sum() - plan.counts.sum()
-            rows = plan.counts.new_tensor(plan.capacity) if plan.capacity is not None else routed.max()
-            drop_total = slots
+            rows = routed.new_tensor(plan.capacity) if plan.capacity is not None else routed.max()
         else:
-            slots = T * self.k
-            dropped = T - (torch.bincount(routing.token, minlength=T) > 0).sum()
+            slots, drop_total = T * self.k, T
+            dropped = T - torch.bincount(routing.token, minlength=T).count_nonzero()
             rows = plan.counts.max()
-            drop_total = T
-        p = routing.probs
-        entropy = -(p * p.clamp(min=1e-20).log()).sum()
-        self.tally.update(tokens=T, slots=slots, routed=routed, dropped=dropped, drop_total=drop_total, rows=rows,
-                          entropy_sum=entropy, losses=self.last_losses)
+        entropy = torch.special.entr(routing.probs).sum()
+        losses = self.last_losses
+        scalars = torch.stack([dropped.float(), rows.float(), entropy,
+                               losses["aux_loss"], losses["z_loss"], losses["importance_loss"]])
+        self.tally.update(tokens=T, slots=slots, drop_total=drop_total, routed=routed, scalars=scalars)
