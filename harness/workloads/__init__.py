@@ -33,9 +33,9 @@ def sample_tokens(case: Case, device: torch.device) -> torch.Tensor:
 
 
 def _registry() -> dict[str, Callable[[torch.nn.Module, Case, torch.device], Workload]]:
-    from harness.workloads import forward, train_step
+    from harness.workloads import forward, quality, train_step
 
-    return {"train_step": train_step.make, "forward": forward.make}
+    return {"train_step": train_step.make, "forward": forward.make, "quality": quality.make}
 
 
 def make_workload(name: str, model: torch.nn.Module, case: Case, device: torch.device) -> Workload:

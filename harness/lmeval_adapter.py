@@ -1,0 +1,171 @@
+"""EleutherAI lm-evaluation-harness on our TransformerLM, offline (optional extra: pip install 'moe-harness[lmeval]').
+
+`ByteLM` wraps a trained model as an lm-eval `LM`: the tokenizer is UTF-8 bytes, as in the quality
+workload, and every request is scored as text that starts a new paragraph (after one "\\n" byte), since
+the model never saw a BOS id in training. `evaluate(model, tasks)` runs the local tasks shipped in
+`harness/lmeval_tasks/` (or another folder of task YAMLs) without the network and without indexing
+lm-eval's thousands of built-in tasks.
+
+This module imports without lm-eval; using it without lm-eval raises an ImportError saying what to install.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+# Read by `datasets` and `huggingface_hub` at import time, so set before lm-eval imports them.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+try:
+    from lm_eval.api.model import LM
+except ImportError:
+    LM = object
+    LMEVAL_AVAILABLE = False
+else:
+    LMEVAL_AVAILABLE = True
+
+TASKS_DIR = Path(__file__).parent / "lmeval_tasks"
+BUILTIN_TASKS = ("harness_cloze", "harness_prose")
+PARAGRAPH = ord("\n")
+
+
+def require_lmeval() -> None:
+    if not LMEVAL_AVAILABLE:
+        raise ImportError("lm-eval is not installed: pip install 'moe-harness[lmeval]' (or pip install lm-eval)")
+
+
+def encode(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def decode(ids: list[int]) -> str:
+    return bytes(ids).decode("utf-8", errors="replace")
+
+
+class ByteLM(LM):
+    """lm-eval's three request types on a `TransformerLM` (forward: tokens -> (logits, aux_loss)).
+
+    Sequences longer than the model's `seq_len` are scored in disjoint windows, each target with as
+    much preceding context as fits (lm-eval's rolling-window rule). A capacity-limited MoE computes
+    its capacity per scored window here, not per training batch.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        require_lmeval()
+        super().__init__()
+        self.model = model.eval()
+        self.window = model.config.seq_len
+        self.torch_device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def _logits(self, ids: list[int]) -> torch.Tensor:
+        return self.model(torch.tensor([ids], device=self.torch_device))[0][0].float()
+
+    def target_logprobs(self, tokens: list[int], n: int) -> tuple[torch.Tensor, bool]:
+        """(log p of each of the last `n` tokens given what precedes it, whether each is the argmax)."""
+        if not 0 < n < len(tokens):
+            raise ValueError(f"need 1 <= n < len(tokens) (one token of context), got n={n}, len={len(tokens)}")
+        logprobs, greedy = [], True
+        start = len(tokens) - n
+        while start < len(tokens):
+            end = min(start + self.window, len(tokens))
+            inputs = tokens[max(0, end - 1 - self.window) : end - 1]
+            rows = F.log_softmax(self._logits(inputs)[-(end - start) :], dim=-1)
+            targets = torch.tensor(tokens[start:end], device=rows.device)
+            logprobs.append(rows.gather(1, targets[:, None]).squeeze(1))
+            greedy = greedy and bool((rows.argmax(-1) == targets).all())
+            start = end
+        return torch.cat(logprobs), greedy
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        out = []
+        for request in requests:
+            context, continuation = request.args
+            cont = encode(continuation)
+            if not cont:
+                out.append((0.0, True))
+                continue
+            logprobs, greedy = self.target_logprobs([PARAGRAPH] + encode(context) + cont, len(cont))
+            out.append((float(logprobs.sum()), greedy))
+        return out
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        out = []
+        for request in requests:
+            (text,) = request.args
+            ids = encode(text)
+            out.append(float(self.target_logprobs([PARAGRAPH] + ids, len(ids))[0].sum()) if ids else 0.0)
+        return out
+
+    def generate_until(self, requests) -> list[str]:
+        """Greedy decoding up to `max_gen_toks` bytes (default 32), cut at the first stop string."""
+        out = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            until = gen_kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else [s for s in until if s]
+            ids, new = [PARAGRAPH] + encode(context), []
+            for _ in range(int(gen_kwargs.get("max_gen_toks", 32))):
+                new.append(int(self._logits((ids + new)[-self.window :])[-1].argmax()))
+                if any(stop in decode(new) for stop in until):
+                    break
+            text = decode(new)
+            for stop in until:
+                text = text.split(stop)[0]
+            out.append(text)
+        return out
+
+
+@contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """Task YAMLs name their JSONL files relative to their folder; `datasets` resolves them against the CWD."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def evaluate(
+    model: torch.nn.Module, tasks: Iterable[str] = BUILTIN_TASKS, tasks_dir: Path | str = TASKS_DIR
+) -> dict[str, dict[str, Any]]:
+    """Zero-shot lm-eval results per task: {task: {metric: value, ..., "n": documents}}.
+
+    Metric names drop lm-eval's ",none" filter suffix; stderr entries that lm-eval could not compute
+    are left out. The model's train/eval mode is restored afterwards.
+    """
+    require_lmeval()
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tasks_dir = Path(tasks_dir).resolve()
+    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    tasks = list(tasks)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"unknown lm-eval task(s) {unknown} in {tasks_dir} (known: {', '.join(sorted(manager.all_tasks))})")
+    was_training = model.training
+    try:
+        with _working_directory(tasks_dir):
+            results = lm_eval.simple_evaluate(
+                model=ByteLM(model), tasks=tasks, task_manager=manager, num_fewshot=0,
+                batch_size=1, bootstrap_iters=0, log_samples=False,
+            )
+    finally:
+        model.train(was_training)
+    out: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        metrics = {
+            key.split(",")[0]: value
+            for key, value in results["results"][task].items()
+            if key != "alias" and isinstance(value, (int, float))
+        }
+        out[task] = {**metrics, "n": results["n-samples"][task]["effective"]}
+    return out
