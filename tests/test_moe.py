@@ -409,31 +409,42 @@ def test_fine_grained_granularity_shapes():
     assert routing.expert.numel() == 5 * 8
 
 
-def test_native_grouped_mm_path_matches_split_path():
-    """The `F.grouped_mm` branch (CUDA bf16 in production) checked where this torch runs it on CPU."""
+def test_native_grouped_mm_path_matches_per_expert_path():
+    """The `F.grouped_mm` branch (CUDA bf16 in production) checked where this torch runs it on CPU,
+    with an empty expert group, against the per-expert path and a plain reference."""
     import torch.nn.functional as F
 
-    from harness.models.moe.dispatch import DispatchPlan, grouped_matmul
+    from harness.models.dense import activate
+    from harness.models.moe.grouped import grouped_ffn
 
     if not hasattr(F, "grouped_mm"):
         pytest.skip("torch without F.grouped_mm")
+    torch.manual_seed(0)
     counts = torch.tensor([3, 0, 4, 3])
-    plan = DispatchPlan(token=torch.arange(10), expert=torch.repeat_interleave(torch.arange(4), counts),
-                        weight=torch.ones(10), counts=counts, capacity=None)
-    a = torch.randn(10, 16, requires_grad=True)
-    for transposed, shape in ((True, (4, 8, 16)), (False, (4, 16, 8))):
-        w = torch.randn(*shape, requires_grad=True)
+    token = torch.tensor([0, 2, 5, 1, 2, 3, 4, 0, 5, 1])
+    expert = torch.repeat_interleave(torch.arange(4), counts)
+    x = torch.randn(6, 16, requires_grad=True)
+    w_in = torch.randn(4, 2 * 8, 16, requires_grad=True)
+    w_out = torch.randn(4, 8, 16, requires_grad=True)
+    weight = torch.rand(10, requires_grad=True)
+    act = lambda h: activate(h, "swiglu")  # noqa: E731
+    inputs = (x, w_in, w_out, weight)
+
+    def run(native):
+        out = grouped_ffn(x, w_in, w_out, act, token, weight, counts, lambda: counts.tolist(), native=native)
+        return out, torch.autograd.grad((out * g).sum(), inputs)
+
+    g = torch.randn(6, 16)
+    reference = torch.zeros(6, 16).index_add(
+        0, token, torch.stack([act(x[t] @ w_in[e].t()) @ w_out[e] for t, e in zip(token, expert)])
+        * weight.unsqueeze(1))
+    expected = (reference, torch.autograd.grad((reference * g).sum(), inputs))
+    for native in (False, True):
         try:
-            native = grouped_matmul(a, w, plan, transposed, native=True)
+            got = run(native)
         except (RuntimeError, NotImplementedError) as exc:
+            assert native, exc
             pytest.skip(f"F.grouped_mm unavailable on CPU here: {exc}")
-        g = torch.randn_like(native)
-        grads_native = torch.autograd.grad(native, (a, w), g)
-        split = grouped_matmul(a, w, plan, transposed, native=False)
-        grads_split = torch.autograd.grad(split, (a, w), g)
-        expected = torch.cat([a[:3] @ (w[0].t() if transposed else w[0]), a[3:7] @ (w[2].t() if transposed else w[2]),
-                              a[7:] @ (w[3].t() if transposed else w[3])])
-        torch.testing.assert_close(split, expected)
-        torch.testing.assert_close(native, split)
-        for x, y in zip(grads_native, grads_split):
-            torch.testing.assert_close(x, y)
+        torch.testing.assert_close(got[0], expected[0])
+        for a, b in zip(got[1], expected[1]):
+            torch.testing.assert_close(a, b)

@@ -2,10 +2,9 @@
 `y[t] = sum over kept (t, e, w) of w * expert_e(x[t])` and must agree with `loop`.
 
 - `loop`: per-expert boolean selection and `index_add_`, the readable reference (HF eager style).
-- `grouped`: gather tokens in expert order, one grouped matmul per projection, scatter-add back.
-  Uses `torch.nn.functional.grouped_mm` on CUDA bf16 (sm80+), where it is one kernel; otherwise
-  per-expert `torch.mm` on contiguous slices after a single `.tolist()` of the counts (on CPU this
-  beats the composite `grouped_mm` fallback).
+- `grouped`: tokens in expert order, one grouped matmul per projection, weighted scatter-add back
+  (`grouped.py`: `F.grouped_mm` on CUDA bf16 sm80+, else per-expert `torch.mm` with the gather and
+  scatter fused in, after one `.tolist()` of the counts).
 - `padded`: GShard/Switch capacity buffer `[E, C, d]` and two batched matmuls; padding rows are
   computed and discarded, which is the cost capacity factors buy static shapes with.
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.models.moe.experts import Experts
+from harness.models.moe.grouped import grouped_ffn
 from harness.models.moe.router import Routing
 
 
@@ -87,62 +87,9 @@ def loop(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
     return out
 
 
-def _native_grouped_mm(a: Tensor, w: Tensor) -> bool:
-    if not hasattr(F, "grouped_mm") or a.device.type != "cuda" or a.dtype != torch.bfloat16:
-        return False
-    return torch.cuda.get_device_capability(a.device) >= (8, 0)
-
-
-class _SplitMM(torch.autograd.Function):
-    """Per-group `torch.mm` writing straight into one output buffer, and the same for the two backward
-    products (a `cat` of per-expert outputs costs about half as much again as the matmuls on CPU).
-    `w` is `[E, out, in]` when `transposed` else `[E, in, out]`; `sizes` are host ints (no sync)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, w: Tensor, sizes: list[int], transposed: bool) -> Tensor:
-        ctx.save_for_backward(a, w)
-        ctx.sizes, ctx.transposed = sizes, transposed
-        out = a.new_empty(a.shape[0], w.shape[1] if transposed else w.shape[2])
-        for e, (a_e, out_e) in enumerate(zip(a.split(sizes), out.split(sizes))):
-            if a_e.shape[0]:
-                torch.mm(a_e, w[e].t() if transposed else w[e], out=out_e)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, w = ctx.saved_tensors
-        sizes, transposed = ctx.sizes, ctx.transposed
-        grad = grad.contiguous()
-        grad_a = torch.empty_like(a) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
-        grad_a_parts = grad_a.split(sizes) if grad_a is not None else [None] * len(sizes)
-        for e, (a_e, g_e, ga_e) in enumerate(zip(a.split(sizes), grad.split(sizes), grad_a_parts)):
-            if not a_e.shape[0]:
-                continue
-            if ga_e is not None:
-                torch.mm(g_e, w[e] if transposed else w[e].t(), out=ga_e)
-            if grad_w is not None:
-                torch.mm(*((g_e.t(), a_e) if transposed else (a_e.t(), g_e)), out=grad_w[e])
-        return grad_a, grad_w, None, None
-
-
-def grouped_matmul(a: Tensor, w: Tensor, plan: DispatchPlan, transposed: bool,
-                   native: Optional[bool] = None) -> Tensor:
-    """Rows of `a` grouped by expert (sizes `plan.counts`), each group times its expert's matrix:
-    `a_e @ w[e].T` if `transposed` (w `[E, out, in]`) else `a_e @ w[e]` (w `[E, in, out]`).
-
-    `native` forces (True) or forbids (False) `F.grouped_mm`; by default it is used where it is fast.
-    """
-    if native if native is not None else _native_grouped_mm(a, w):
-        offsets = plan.counts.cumsum(0).to(torch.int32)
-        return F.grouped_mm(a, w.transpose(-2, -1) if transposed else w, offs=offsets)
-    return _SplitMM.apply(a, w, plan.sizes, transposed)
-
-
 def grouped(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
-    xs = x.index_select(0, plan.token)
-    h = experts.act(grouped_matmul(xs, experts.w_in, plan, transposed=True))
-    return _combine(x, plan, grouped_matmul(h, experts.w_out, plan, transposed=False))
+    return grouped_ffn(x, experts.w_in, experts.w_out, experts.act, plan.token, plan.weight, plan.counts,
+                       lambda: plan.sizes)
 
 
 def padded(x: Tensor, plan: DispatchPlan, experts: Experts) -> Tensor:
