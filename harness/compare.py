@@ -92,6 +92,8 @@ class CaseResult:
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
         record["samples_ms"] = [_round(s) for s in self.samples_ms]
+        if self.peak_memory_bytes is not None:
+            record["peak_memory_bytes"] = int(self.peak_memory_bytes)
         return {k: v for k, v in record.items() if v is not None and v != "" and v != []}
 
     @classmethod
@@ -130,12 +132,13 @@ METRICS = (
 
 # Verdicts. The first three fail the comparison.
 REGRESSION, MISSING, FAILED = "regression", "missing", "failed"
-WORSE_NOISY, BETTER_NOISY = "worse, not significant", "better, not significant"
+WORSE_INSIGNIFICANT, BETTER_INSIGNIFICANT = "worse, not significant", "better, not significant"
 IMPROVEMENT, UNCHANGED, FIXED, STILL_FAILING, NEW, NOT_COMPARED = (
     "improvement", "unchanged", "fixed", "still failing", "new", "not compared")
 REGRESSIONS = (REGRESSION, MISSING, FAILED)
-_ORDER = (FAILED, MISSING, REGRESSION, WORSE_NOISY, STILL_FAILING, NOT_COMPARED, IMPROVEMENT, BETTER_NOISY, FIXED,
-          NEW, UNCHANGED)
+NOISY_NOTE = "noisy timing"
+_ORDER = (FAILED, MISSING, REGRESSION, WORSE_INSIGNIFICANT, STILL_FAILING, NOT_COMPARED, IMPROVEMENT,
+          BETTER_INSIGNIFICANT, FIXED, NEW, UNCHANGED)
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,15 @@ class Comparison:
     @property
     def regressions(self) -> list[Finding]:
         return [f for f in self.findings if f.regression]
+
+    @property
+    def noisy_cases(self) -> int:
+        """(case, workload) pairs whose timing was noisy on either side: a busy machine, verdicts to distrust."""
+        return len({(f.case_id, f.workload) for f in self.findings if f.note.startswith(NOISY_NOTE)})
+
+    @property
+    def timed_cases(self) -> int:
+        return len({(f.case_id, f.workload) for f in self.findings if f.metric == "latency_ms_median"})
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -223,9 +235,9 @@ def metric_finding(
     method, p, significant = test if metric.timing else ("threshold only", None, True)
     worse = b / c if metric.higher_is_better else c / b  # > 1 means worse, symmetric in log space
     if worse > 1 + threshold:
-        verdict = REGRESSION if significant else WORSE_NOISY
+        verdict = REGRESSION if significant else WORSE_INSIGNIFICANT
     elif worse < 1 / (1 + threshold):
-        verdict = IMPROVEMENT if significant else BETTER_NOISY
+        verdict = IMPROVEMENT if significant else BETTER_INSIGNIFICANT
     else:
         verdict = UNCHANGED
     return Finding(**finding, change=c / b - 1, test=method, p_value=p, verdict=verdict,
@@ -238,7 +250,7 @@ def _noise_note(base: CaseResult, current: CaseResult) -> str:
               if _usable(r.latency_ms_iqr) and _usable(r.latency_ms_median)}
     if not any(v > NOISY_RELATIVE_IQR for v in spread.values()):
         return ""
-    return "noisy timing: IQR/median " + ", ".join(f"{v:.0%} {side}" for side, v in spread.items())
+    return f"{NOISY_NOTE}: IQR/median " + ", ".join(f"{v:.0%} {side}" for side, v in spread.items())
 
 
 def compare_case(base: CaseResult | None, current: CaseResult | None, threshold: float, alpha: float) -> list[Finding]:
@@ -371,8 +383,10 @@ def render(comparison: Comparison, fmt: str) -> str:
     rows = [_display(f) for f in comparison.findings]
     headers = ["case", "workload", "metric", "baseline", "current", "change", "test", "p", "verdict"]
     if fmt == "markdown":
-        lines = [f"**{_headline(comparison)}**", "", _context(comparison), "",
-                 "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines = [f"**{_headline(comparison)}**", "", _context(comparison), ""]
+        if comparison.noisy_cases:
+            lines += [_noise_warning(comparison), ""]
+        lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for f, row in zip(comparison.findings, rows):
             row[-1] = f"**{row[-1]}**" if f.regression else row[-1]
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
@@ -385,6 +399,8 @@ def render(comparison: Comparison, fmt: str) -> str:
     notes = list(dict.fromkeys(f"  {f.case_id} {f.workload}: {f.note}" for f in comparison.findings if f.note))
     if notes:
         lines += ["", "notes:", *notes]
+    if comparison.noisy_cases:
+        lines += ["", _noise_warning(comparison)]
     lines += ["", _headline(comparison)]
     return "\n".join(lines) + "\n"
 
@@ -393,6 +409,11 @@ def _headline(c: Comparison) -> str:
     counts = "; ".join(f"{n} {verdict}" for verdict, n in c.counts().items())
     state = "REGRESSION" if c.regressions else "no regression"
     return f"{state} (threshold {c.threshold:.0%}, alpha {c.alpha:g}): {counts}"
+
+
+def _noise_warning(c: Comparison) -> str:
+    return (f"warning: {c.noisy_cases} of {c.timed_cases} timed cases had noisy timing (IQR/median > "
+            f"{NOISY_RELATIVE_IQR:.0%}) on one side or both: the machine was busy, and timing verdicts may reflect that")
 
 
 def _context(c: Comparison) -> str:
@@ -432,6 +453,8 @@ def _json_doc(c: Comparison) -> dict[str, Any]:
         "baseline": {"source": c.baseline.source, "suite": c.baseline.suite},
         "current": {"source": c.current.source, "suite": c.current.suite},
         "environment_mismatch": c.mismatch,
+        "noisy_cases": c.noisy_cases,
+        "timed_cases": c.timed_cases,
         "findings": [asdict(f) for f in c.findings],
     })
 

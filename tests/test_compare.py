@@ -74,6 +74,7 @@ def test_injected_30_percent_slowdown_is_a_regression(tmp_path, base_run, capsys
     assert verdict(found, case="c2", workload="train_step").verdict == cmp.UNCHANGED
     assert latency.note == ""  # 2% noise is not flagged as noisy
     out = capsys.readouterr().out
+    assert "noisy timing" not in out
     assert out.strip().splitlines()[-1].startswith("REGRESSION (threshold 10%, alpha 0.01): 2 regression")
     assert found[0].verdict == cmp.REGRESSION  # most severe first
 
@@ -96,14 +97,17 @@ def test_small_change_is_below_threshold_even_when_significant(tmp_path):
     assert verdict(findings(base, cur, threshold=0.02)).verdict == cmp.REGRESSION  # the threshold is what held it back
 
 
-def test_big_but_noisy_change_is_reported_not_failed(tmp_path):
+def test_big_but_noisy_change_is_reported_not_failed(tmp_path, capsys):
     noisy = [0.005, 0.010, 0.020, 0.008, 0.015, 0.030]
     base = make_run(tmp_path / "base", [row("c1", noisy)])
     cur = make_run(tmp_path / "cur", [row("c1", [s * 1.3 for s in reversed(noisy)])])
     f = verdict(findings(base, cur))
     assert f.change == pytest.approx(0.30, abs=0.01) and f.p_value > 0.01
-    assert f.verdict == cmp.WORSE_NOISY and f.note.startswith("noisy timing: IQR/median")
+    assert f.verdict == cmp.WORSE_INSIGNIFICANT and f.note.startswith("noisy timing: IQR/median")
     assert run_cli(cur, "--baseline", base) == 0
+    assert "warning: 1 of 1 timed cases had noisy timing" in capsys.readouterr().out
+    assert run_cli(cur, "--baseline", base, "--format", "json") == 0
+    assert json.loads(capsys.readouterr().out)["noisy_cases"] == 1
 
 
 def test_improvement_is_reported(tmp_path, base_run, capsys):
@@ -120,7 +124,7 @@ def test_few_samples_fall_back_to_confidence_intervals(tmp_path):
     found = findings(base, cur)
     apart, overlap = verdict(found), verdict(found, case="c2")
     assert apart.test == "95% CIs apart" and apart.p_value is None and apart.verdict == cmp.REGRESSION
-    assert overlap.test == "95% CIs overlap" and overlap.verdict == cmp.WORSE_NOISY
+    assert overlap.test == "95% CIs overlap" and overlap.verdict == cmp.WORSE_INSIGNIFICANT
 
 
 def test_run_without_journal_uses_results_table_and_intervals(tmp_path, base_run):
@@ -262,3 +266,12 @@ def test_cli_formats_and_usage_errors(tmp_path, base_run, capsys):
     other = make_run(tmp_path / "other", [row("zz", latency_samples(0.01))], suite="smoke")
     assert run_cli(other, "--baseline", base_run) == 2
     assert "wrong baseline?" in capsys.readouterr().err
+
+
+def test_without_scipy_intervals_decide(tmp_path, base_run, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "scipy.stats", None)  # import fails as if scipy were absent
+    cur = make_run(tmp_path / "cur", [row("c1", latency_samples(0.013, seed=3)),
+                                     row("c2", latency_samples(0.020, seed=4), workload="train_step")])
+    found = findings(base_run, cur)
+    assert verdict(found).test == "95% CIs apart" and verdict(found).verdict == cmp.REGRESSION
+    assert verdict(found, case="c2", workload="train_step").verdict == cmp.UNCHANGED
