@@ -75,7 +75,7 @@ class CaseResult:
         return self.status == "ok"
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "CaseResult":
+    def from_row(cls, row: dict[str, Any]) -> CaseResult:
         """From a run row (rows.jsonl or a results table); `samples_s` become milliseconds."""
         samples = row.get("samples_s")
         samples_ms = tuple(float(s) * 1e3 for s in samples) if isinstance(samples, (list, tuple)) else ()
@@ -97,8 +97,8 @@ class CaseResult:
         return {k: v for k, v in record.items() if v is not None and v != "" and v != []}
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "CaseResult":
-        known = {f for f in cls.__dataclass_fields__}
+    def from_json(cls, record: dict[str, Any]) -> CaseResult:
+        known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in record.items() if k in known}
         values["samples_ms"] = tuple(float(s) for s in record.get("samples_ms", ()))
         return cls(**values)
