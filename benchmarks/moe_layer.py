@@ -11,6 +11,7 @@ default (random router weights route unlike trained ones); the router itself sti
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from typing import Callable
 
@@ -88,10 +89,20 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
           f"d_model {args.d_model}, expert d_ff {args.d_ff}, tokens {args.tokens}, {args.activation}, "
           f"routing {args.routing_mode}, capacity_factor {args.capacity_factor}")
+    print(f"load average before: {_load()}  (other processes slow small GEMMs down; compare with `uptime`)")
     print(f"{'experts':>7} {'top_k':>5} {'phase':>8} {'impl':>8} {'ms':>9} {'MoE/dense':>9}")
     for experts in args.experts:
         for r in measure(experts, args.top_k, args.impl, args):
-            print(f"{r['experts']:>7} {r['top_k']:>5} {r['phase']:>8} {r['impl']:>8} {r['ms']:>9.2f} {r['ratio']:>9.3f}")
+            print(f"{r['experts']:>7} {r['top_k']:>5} {r['phase']:>8} {r['impl']:>8} "
+                  f"{r['ms']:>9.2f} {r['ratio']:>9.3f}", flush=True)
+    print(f"load average after: {_load()}")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unavailable"
 
 
 if __name__ == "__main__":

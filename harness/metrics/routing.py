@@ -57,7 +57,9 @@ def layer_stats(tally: dict) -> dict:
         "max_mean_load": max(routed) / mean if mean else math.nan,
         "experts_unused": sum(1 for n in routed if n == 0),
         "router_entropy": tally["entropy"] / tally["tokens"],
-        "realized_capacity_factor": tally["rows"] * tally["num_experts"] / tally["slots"] if tally["slots"] else math.nan,
+        "realized_capacity_factor": (
+            tally["rows"] * tally["num_experts"] / tally["slots"] if tally["slots"] else math.nan
+        ),
         **{name: tally[name] / tally["forwards"] for name in LOSS_NAMES},
         "causal": tally["causal"],
         "tokens_per_expert": [int(n) for n in routed],

@@ -2,13 +2,34 @@
 
 Bias-free projections: q is d_model -> n_heads*head_size, k and v are d_model -> kv_heads*head_size
 each, o is n_heads*head_size -> d_model. The q width may differ from d_model when `head_dim` is set.
+With `model.positional == "rope"`, rotary embeddings (rotate-half form, base 10000) turn q and k
+before the product; their tables are non-persistent buffers, not parameters.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.config import ModelConfig
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_size: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        if head_size % 2:
+            raise ValueError(f"rope needs an even head size, got {head_size}")
+        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq).repeat(1, 2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, heads, T, head_size] -> rotated by position."""
+        T = x.shape[-2]
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        first, second = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -19,12 +40,15 @@ class CausalSelfAttention(nn.Module):
         self.k = nn.Linear(cfg.d_model, self.kv_heads * self.head_size, bias=False)
         self.v = nn.Linear(cfg.d_model, self.kv_heads * self.head_size, bias=False)
         self.o = nn.Linear(self.n_heads * self.head_size, cfg.d_model, bias=False)
+        self.rotary = Rotary(self.head_size, cfg.seq_len) if cfg.positional == "rope" else None
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_size).transpose(1, 2)
         k = self.k(x).view(B, T, self.kv_heads, self.head_size).transpose(1, 2)
         v = self.v(x).view(B, T, self.kv_heads, self.head_size).transpose(1, 2)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
         if self.kv_heads != self.n_heads:
             # repeat_interleave instead of `enable_gqa=True`, which not every SDPA backend accepts.
             rep = self.n_heads // self.kv_heads

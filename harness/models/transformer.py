@@ -1,13 +1,14 @@
 """Decoder-only transformer LM (nanoGPT shape) whose FFN is dense or MoE per layer.
 
 Parameter convention (what `harness.accounting` must reproduce exactly):
-- token embedding `vocab_size x d_model`; learned absolute positions `seq_len x d_model`;
+- token embedding `vocab_size x d_model`; learned absolute positions `seq_len x d_model` when
+  `model.positional == "learned"` (rope: rotary q/k in attention, no parameters; none: nothing);
 - per block: two norms and attention (q: d*H*hs, k and v: d*kv*hs each, o: H*hs*d) and an FFN;
   norms are LayerNorm with weight and bias (2*d) or RMSNorm with weight only (d);
 - every linear is bias-free (attention, FFN, experts, router, LM head);
 - dense FFN: 2*d*f (GELU) or 3*d*f (SwiGLU); MoE FFN: router E*d (noisy_topk adds a second E*d noise
-  projection) + E*c*d*f_e experts (c = 2 GELU, 3 SwiGLU) + shared c*d*(s*f_s); sigmoid_bias's expert
-  bias is a buffer, not a parameter;
+  projection) + E*c*d*f_e experts (c = 2 GELU, 3 SwiGLU) + shared c*d*(s*f_s) + d for the shared gate
+  when `moe.shared_gate`; sigmoid_bias's expert bias is a buffer, not a parameter;
 - final norm; LM head `vocab_size x d_model` unless tied to the token embedding.
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Block(nn.Module):
         self.norm1, self.norm2 = make_norm(model), make_norm(model)
         self.attn = CausalSelfAttention(model)
         self.is_moe = moe is not None and moe.is_moe_layer(layer)
-        self.ffn = MoELayer(model, moe) if self.is_moe else FeedForward(model.d_model, model.d_ff, model.activation)
+        self.ffn = (MoELayer(model, moe) if self.is_moe
+                    else FeedForward(model.d_model, model.d_ff, model.activation))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         x = x + self.attn(self.norm1(x))
@@ -51,7 +53,7 @@ class TransformerLM(nn.Module):
         super().__init__()
         self.config, self.moe_config = model, moe
         self.tok_emb = nn.Embedding(model.vocab_size, model.d_model)
-        self.pos_emb = nn.Embedding(model.seq_len, model.d_model)
+        self.pos_emb = nn.Embedding(model.seq_len, model.d_model) if model.positional == "learned" else None
         self.blocks = nn.ModuleList(Block(model, moe, i) for i in range(model.n_layers))
         self.norm = make_norm(model)
         self.lm_head = nn.Linear(model.d_model, model.vocab_size, bias=False)
@@ -73,7 +75,9 @@ class TransformerLM(nn.Module):
         B, T = tokens.shape
         if T > self.config.seq_len:
             raise ValueError(f"sequence length {T} exceeds model.seq_len {self.config.seq_len}")
-        x = self.tok_emb(tokens) + self.pos_emb(torch.arange(T, device=tokens.device))
+        x = self.tok_emb(tokens)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=tokens.device))
         aux = torch.zeros((), device=tokens.device)
         for block in self.blocks:
             x, layer_aux = block(x)

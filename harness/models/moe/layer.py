@@ -5,7 +5,8 @@ plus shared experts, auxiliary losses and routing tallies.
   the batch (B*seq). Assignments past C are dropped in slot-major priority (first choices last) and
   contribute 0, so the token keeps only its residual path. `capacity_factor: null` = dropless.
 - Shared experts (DeepSeekMoE): `num_shared_experts` always-on experts of width
-  `moe.shared_width(model)`, added unweighted. They are stored as one FFN of width
+  `moe.shared_width(model)`, added unweighted, or scaled by `sigmoid(x @ w_gate)` (one bias-free
+  d_model -> 1 gate per layer) with `moe.shared_gate` (Qwen-MoE). They are stored as one FFN of width
   `num_shared_experts * shared_width`, which is the same function and parameter count as separate
   experts summed (bias-free).
 - Auxiliary losses (coefficient-free values in `last_losses`, the coefficient-weighted sum returned):
@@ -64,6 +65,9 @@ class MoELayer(nn.Module):
             FeedForward(model.d_model, moe.num_shared_experts * moe.shared_width(model), model.activation)
             if moe.num_shared_experts else None
         )
+        self.shared_gate = (
+            nn.Linear(model.d_model, 1, bias=False) if moe.num_shared_experts and moe.shared_gate else None
+        )
         self.impl_name = moe.impl
         self.impl = get_impl(moe.impl)
         self.tally = RoutingTally(moe.experts, causal=self.router.causal)
@@ -85,7 +89,8 @@ class MoELayer(nn.Module):
         plan = make_plan(routing, routed, capacity)
         y = self.impl(x, plan, self.experts)
         if self.shared is not None:
-            y = y + self.shared(x)
+            shared = self.shared(x)
+            y = y + (shared if self.shared_gate is None else torch.sigmoid(self.shared_gate(x)) * shared)
 
         losses = aux_losses(routing, routed)
         self.last_losses = {name: value.detach() for name, value in losses.items()}
