@@ -4,8 +4,9 @@
     python -m benchmarks.moe_layer --experts 8 --top-k 2 --tokens 4096 --impl grouped
 
 Times forward (no grad) and forward+backward (sum of outputs as loss, input and weight grads) with
-`harness.metrics.timing.time_steps`, interleaving dense and MoE rounds so that drift in the machine
-hits both alike, and prints median times and MoE/dense ratios. Routing is forced `balanced` by
+`harness.metrics.timing.time_steps`, one dense step then one step of each MoE implementation, repeated:
+it prints the median time of each and the median of the paired MoE/dense ratios, so that load from
+other processes (which slows small GEMMs disproportionately) hits both sides of a ratio alike. Routing is forced `balanced` by
 default (random router weights route unlike trained ones); the router itself still runs.
 """
 from __future__ import annotations
@@ -54,18 +55,24 @@ def measure(experts: int, top_k: int, impls: list[str], args) -> list[dict]:
         modules[impl] = MoELayer(model, moe).to(device, dtype)
     x = torch.randn(args.tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
     steps = {name: _steps(m, x) for name, m in modules.items()}
-    times: dict[tuple[str, str], list[float]] = {(n, p): [] for n in modules for p in ("fwd", "fwd+bwd")}
-    for _ in range(args.rounds):
-        for name in modules:
-            for phase, step in steps[name].items():
-                t = time_steps(step, device, warmup=1, repeats=args.repeats)
-                times[(name, phase)].extend(t.seconds)
     rows = []
     for phase in ("fwd", "fwd+bwd"):
-        dense_ms = statistics.median(times[("dense", phase)]) * 1e3
+        for name in modules:  # warm-up
+            time_steps(steps[name][phase], device, warmup=1, repeats=1)
+        times: dict[str, list[float]] = {name: [] for name in modules}
+        ratios: dict[str, list[float]] = {name: [] for name in modules}
+        for _ in range(args.pairs):
+            # Dense and each MoE step back to back: a paired ratio sees the same machine load.
+            dense_s = time_steps(steps["dense"][phase], device, warmup=0, repeats=1).seconds[0]
+            times["dense"].append(dense_s)
+            ratios["dense"].append(1.0)
+            for name in impls:
+                moe_s = time_steps(steps[name][phase], device, warmup=0, repeats=1).seconds[0]
+                times[name].append(moe_s)
+                ratios[name].append(moe_s / dense_s)
         for name in modules:
-            ms = statistics.median(times[(name, phase)]) * 1e3
-            rows.append(dict(experts=experts, top_k=top_k, phase=phase, impl=name, ms=ms, ratio=ms / dense_ms))
+            rows.append(dict(experts=experts, top_k=top_k, phase=phase, impl=name,
+                             ms=statistics.median(times[name]) * 1e3, ratio=statistics.median(ratios[name])))
     return rows
 
 
@@ -83,9 +90,11 @@ def main(argv=None) -> None:
     p.add_argument("--routing-mode", default="balanced", choices=["learned", "balanced", "skewed"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=9, help="timed (dense, MoE) step pairs per phase")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
           f"d_model {args.d_model}, expert d_ff {args.d_ff}, tokens {args.tokens}, {args.activation}, "
           f"routing {args.routing_mode}, capacity_factor {args.capacity_factor}")

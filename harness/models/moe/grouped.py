@@ -28,6 +28,16 @@ def native_grouped_mm_available(x: Tensor) -> bool:
     return torch.cuda.get_device_capability(x.device) >= (8, 0)
 
 
+def _empty_grad(w: Tensor, sizes: list[int]) -> Tensor:
+    """Gradient buffer for stacked expert weights: only experts without tokens are zero-filled, the
+    others are overwritten (a full zero fill is a second pass over all expert weights)."""
+    grad = torch.empty_like(w, memory_format=torch.contiguous_format)
+    for e, n in enumerate(sizes):
+        if not n:
+            grad[e].zero_()
+    return grad
+
+
 class _GatherMM(Function):
     """`h[rows of e] = x[token of those rows] @ w[e].T`, with `w` `[E, out, in]`."""
 
@@ -47,7 +57,7 @@ class _GatherMM(Function):
         need_x, need_w = ctx.needs_input_grad[:2]
         grad = grad.contiguous()
         grad_x = torch.zeros_like(x) if need_x else None
-        grad_w = torch.zeros_like(w) if need_w else None
+        grad_w = _empty_grad(w, ctx.sizes) if need_w else None
         for e, (tok_e, g_e) in enumerate(zip(token.split(ctx.sizes), grad.split(ctx.sizes))):
             if not tok_e.numel():
                 continue
@@ -85,7 +95,7 @@ class _MMScatter(Function):
         need_h, need_w, _, need_weight = ctx.needs_input_grad[:4]
         sizes = ctx.sizes
         grad_h = torch.empty_like(h) if need_h or need_weight else None
-        grad_w = torch.zeros_like(w) if need_w else None
+        grad_w = _empty_grad(w, sizes) if need_w else None
         grad_weight = torch.empty_like(weight) if need_weight else None
         n = len(sizes)
         parts = zip(
