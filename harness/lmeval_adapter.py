@@ -165,7 +165,7 @@ def evaluate(
         metrics = {
             key.split(",")[0]: value
             for key, value in results["results"][task].items()
-            if key != "alias" and isinstance(value, (int, float))
+            if key not in ("alias", "sample_len") and isinstance(value, (int, float))
         }
         out[task] = {**metrics, "n": results["n-samples"][task]["effective"]}
     return out

@@ -132,6 +132,7 @@ def test_evaluate_bits_per_byte_is_our_own_log_likelihood(lm_eval):
     assert model.training  # mode restored
     cloze, prose = results["harness_cloze"], results["harness_prose"]
     assert cloze["n"] == 16 and 0.0 <= cloze["acc"] <= 1.0 and 0.0 <= cloze["acc_norm"] <= 1.0
+    assert {"byte_perplexity", "word_perplexity"} <= set(prose) and "sample_len" not in prose
     texts = [json.loads(line)["text"] for line in open(adapter.TASKS_DIR / "data" / "harness_prose.jsonl")]
     lm = adapter.ByteLM(model)
     total = sum(lm.loglikelihood_rolling(requests(*[(t,) for t in texts])))
