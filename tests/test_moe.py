@@ -125,11 +125,14 @@ def _assert_impls_match(moe: MoEConfig, model: ModelConfig, tokens: int, train: 
     reference = MoELayer(model, moe.model_copy(update={"impl": "loop"})).train(train)
     x = torch.randn(tokens, model.d_model)
     expected = _run(reference, x, seed)
+    tol = dict(atol=2e-5, rtol=1e-4)
     for name in ("grouped", "padded"):
         other = copy.deepcopy(reference)
         other.impl = IMPLS[name]
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            torch.testing.assert_close(other(x)[0], expected[0], **tol, msg=f"{name} no-grad output")
         got = _run(other, x, seed)
-        tol = dict(atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(got[0], expected[0], **tol, msg=f"{name} output")
         torch.testing.assert_close(got[1], expected[1], **tol, msg=f"{name} aux")
         for loss in expected[2]:
@@ -439,6 +442,9 @@ def test_native_grouped_mm_path_matches_per_expert_path():
         0, token, torch.stack([act(x[t] @ w_in[e].t()) @ w_out[e] for t, e in zip(token, expert)])
         * weight.unsqueeze(1))
     expected = (reference, torch.autograd.grad((reference * g).sum(), inputs))
+    with torch.no_grad():  # the inference path (no autograd) computes the same function
+        no_grad = grouped_ffn(x, w_in, w_out, act, token, weight, counts, lambda: counts.tolist(), native=False)
+    torch.testing.assert_close(no_grad, reference.detach())
     for native in (False, True):
         try:
             got = run(native)

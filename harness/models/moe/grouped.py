@@ -6,7 +6,9 @@ fusing the token gather into the first projection and the weighted scatter-add i
 per-expert temporaries are small, so the allocator reuses them, while full-size `[k*T, d]` copies of
 the gathered inputs and outputs are fresh allocations, and on CPU first-touching fresh memory costs
 about as much as a third of the matmul time (measured at d=512, 4096 tokens). Backward recomputes the
-gathers instead of saving the gathered copies. Expert counts come to the host once (`sizes`).
+gathers instead of saving the gathered copies. Without autograd (inference) each expert's chunk runs
+end to end (gather, GEMM, activation, GEMM, weighted scatter-add), so not even the `[N, f]` hidden
+tensor is materialised. Expert counts come to the host once (`sizes`).
 
 Shapes: `x [T, d]`; `token [N]` rows grouped by expert with `sizes[e]` rows each; `w_in [E, f', d]`
 (`nn.Linear` layout); `w_out [E, f, d]`; `weight [N]` combine weights.
@@ -141,5 +143,13 @@ def grouped_ffn(
         y = F.grouped_mm(h, w_out, offs=offsets) * weight.unsqueeze(1).to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, y)
     rows = sizes()
-    h = act(_GatherMM.apply(x, w_in, token, rows))
-    return _MMScatter.apply(h, w_out, token, weight, rows, x.shape[0])
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w_in, w_out, weight)):
+        h = act(_GatherMM.apply(x, w_in, token, rows))
+        return _MMScatter.apply(h, w_out, token, weight, rows, x.shape[0])
+    # Inference: run each expert's chunk end to end, so no [N, f] intermediate is materialised.
+    out = torch.zeros_like(x)
+    for e, (tok_e, s_e) in enumerate(zip(token.split(rows), weight.unsqueeze(1).split(rows))):
+        if tok_e.numel():
+            h_e = act(x.index_select(0, tok_e) @ w_in[e].t())
+            out.index_add_(0, tok_e, (h_e @ w_out[e]).mul_(s_e.to(x.dtype)))
+    return out
