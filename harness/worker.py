@@ -145,8 +145,10 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
         **first["row"],
         "samples_s": timings.seconds,
     }
-    flops = accounting.summary(case.model, case.moe)
-    per_token = flops["train_flops_per_token"] if workload.training else flops["flops_per_token"]
+    if workload.training:
+        per_token = accounting.train_flops_per_token(case.model, case.moe)
+    else:
+        per_token = accounting.forward_flops(case.model, case.moe, seq_len=workload.context_len).total
     context = context or {}
     peak_tflops = utilisation.device_peak(
         device.type, row["device_name"], case.run.dtype, case.run.peak_tflops, context.get("matmul_tflops")

@@ -17,7 +17,7 @@ import torch
 from torch import LongTensor, Tensor, nn
 
 from harness.config import Case, ModelConfig, MoEConfig
-from harness.models.attention import CausalSelfAttention
+from harness.models.attention import CausalSelfAttention, KVCache
 from harness.models.dense import FeedForward
 from harness.models.moe.layer import MoELayer
 from harness.models.moe.router import SigmoidBiasRouter
@@ -40,8 +40,8 @@ class Block(nn.Module):
         self.ffn = (MoELayer(model, moe) if self.is_moe
                     else FeedForward(model.d_model, model.d_ff, model.activation))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> tuple[Tensor, Tensor | None]:
+        x = x + self.attn(self.norm1(x), cache, start)
         if self.is_moe:
             h, aux = self.ffn(self.norm2(x))
             return x + h, aux
@@ -70,17 +70,26 @@ class TransformerLM(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if b.is_moe]
 
-    def forward(self, tokens: LongTensor) -> tuple[Tensor, Tensor]:
-        """tokens [B, T] -> (logits [B, T, V], sum over MoE layers of coefficient-weighted aux losses)."""
+    def make_caches(self, batch: int, device, dtype) -> list[KVCache]:
+        """One KV cache per block, long enough for the model's full sequence."""
+        cfg = self.config
+        return [KVCache(batch, cfg.kv_heads, cfg.seq_len, cfg.head_size, device, dtype) for _ in self.blocks]
+
+    def forward(
+        self, tokens: LongTensor, caches: list[KVCache] | None = None, start: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """tokens [B, T] at positions start..start+T-1 -> (logits [B, T, V], sum over MoE layers of
+        coefficient-weighted aux losses). With `caches` (see `make_caches`), earlier positions are
+        read from and new ones written to the caches: incremental decoding."""
         B, T = tokens.shape
-        if T > self.config.seq_len:
-            raise ValueError(f"sequence length {T} exceeds model.seq_len {self.config.seq_len}")
+        if start + T > self.config.seq_len:
+            raise ValueError(f"sequence length {start + T} exceeds model.seq_len {self.config.seq_len}")
         x = self.tok_emb(tokens)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=tokens.device))
+            x = x + self.pos_emb(torch.arange(start, start + T, device=tokens.device))
         aux = torch.zeros((), device=tokens.device)
-        for block in self.blocks:
-            x, layer_aux = block(x)
+        for i, block in enumerate(self.blocks):
+            x, layer_aux = block(x, caches[i] if caches is not None else None, start)
             if layer_aux is not None:
                 aux = aux + layer_aux
         return self.lm_head(self.norm(x)), aux

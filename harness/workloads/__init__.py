@@ -23,6 +23,7 @@ class Workload:
     training: bool
     last_loss: Callable[[], float | None] = lambda: None
     finish: Callable[[], dict[str, Any]] = dict
+    context_len: int | None = None  # mean attention context per token, when not model.seq_len (decode)
 
 
 def sample_tokens(case: Case, device: torch.device) -> torch.Tensor:
@@ -33,9 +34,9 @@ def sample_tokens(case: Case, device: torch.device) -> torch.Tensor:
 
 
 def _registry() -> dict[str, Callable[[torch.nn.Module, Case, torch.device], Workload]]:
-    from harness.workloads import forward, quality, train_step
+    from harness.workloads import decode, forward, quality, train_step
 
-    return {"train_step": train_step.make, "forward": forward.make, "quality": quality.make}
+    return {"train_step": train_step.make, "forward": forward.make, "decode": decode.make, "quality": quality.make}
 
 
 def make_workload(name: str, model: torch.nn.Module, case: Case, device: torch.device) -> Workload:

@@ -1,0 +1,46 @@
+"""Autoregressive decoding: greedy generation of `run.decode_tokens` tokens per sequence from a KV cache.
+
+The prompt (the rest of `model.seq_len`) is prefilled once when the workload is built; each timed
+step decodes the same positions again from that prefix, one token for the whole batch at a time,
+which is the memory-bound regime where MoE's total parameter count matters.
+"""
+from __future__ import annotations
+
+import torch
+
+from harness.config import Case
+from harness.workloads import Workload, sample_tokens
+
+
+def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
+    if case.moe is not None and case.moe.router == "expert_choice":
+        raise ValueError(
+            "expert_choice routing picks tokens across the whole batch and sequence, so it cannot decode "
+            "one token at a time (it is not causal); use a token-choice router for the decode workload"
+        )
+    new_tokens = case.run.decode_tokens
+    prompt_len = case.model.seq_len - new_tokens
+    if prompt_len < 1:
+        raise ValueError(f"run.decode_tokens ({new_tokens}) must be smaller than model.seq_len ({case.model.seq_len})")
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    caches = model.make_caches(case.run.batch_size, device, dtype)
+    prompt = sample_tokens(case, device)[:, :prompt_len]
+    with torch.inference_mode():
+        logits, _ = model(prompt, caches)
+    first = logits[:, -1:].argmax(-1)
+
+    @torch.inference_mode()
+    def step() -> None:
+        token = first
+        for position in range(prompt_len, prompt_len + new_tokens):
+            logits, _ = model(token, caches, position)
+            token = logits[:, -1:].argmax(-1)
+
+    return Workload(
+        step,
+        tokens_per_step=case.run.batch_size * new_tokens,
+        training=False,
+        finish=lambda: {"prompt_len": prompt_len, "decode_tokens": new_tokens},
+        context_len=prompt_len + (new_tokens + 1) // 2,
+    )
