@@ -30,17 +30,17 @@ class _Frozen(BaseModel):
 class ModelConfig(_Frozen):
     """A decoder-only transformer LM. `d_ff` is the dense FFN width (and the default expert width)."""
 
-    vocab_size: PositiveInt = 256
-    d_model: PositiveInt = 64
-    n_layers: PositiveInt = 2
-    n_heads: PositiveInt = 4
-    n_kv_heads: Optional[PositiveInt] = None
-    head_dim: Optional[PositiveInt] = None
-    d_ff: PositiveInt = 256
-    seq_len: PositiveInt = 64
-    activation: Activation = "gelu"
-    norm: Norm = "layernorm"
-    tie_embeddings: bool = True
+    vocab_size: PositiveInt = Field(default=256, description="vocabulary size")
+    d_model: PositiveInt = Field(default=64, description="model width")
+    n_layers: PositiveInt = Field(default=2, description="transformer blocks")
+    n_heads: PositiveInt = Field(default=4, description="attention heads")
+    n_kv_heads: Optional[PositiveInt] = Field(default=None, description="key/value heads for grouped-query attention (default: n_heads)")
+    head_dim: Optional[PositiveInt] = Field(default=None, description="per-head width (default: d_model / n_heads)")
+    d_ff: PositiveInt = Field(default=256, description="dense FFN width, and the default expert width")
+    seq_len: PositiveInt = Field(default=64, description="tokens per sequence")
+    activation: Activation = Field(default="gelu", description="gelu MLP or swiglu gated MLP")
+    norm: Norm = Field(default="layernorm", description="layernorm or rmsnorm (pre-norm blocks)")
+    tie_embeddings: bool = Field(default=True, description="share the token embedding with the LM head")
     positional: Positional = Field(
         default="learned", description="learned absolute embedding (seq_len x d_model), rope (no parameters) or none"
     )
@@ -68,30 +68,30 @@ class ModelConfig(_Frozen):
 class MoEConfig(_Frozen):
     """The MoE FFN that replaces the dense FFN on the selected layers."""
 
-    num_experts: PositiveInt = 8
-    top_k: PositiveInt = 2
+    num_experts: PositiveInt = Field(default=8, description="routed experts")
+    top_k: PositiveInt = Field(default=2, description="experts per token (token-choice routers); expert_choice: each expert takes capacity_factor x top_k x T / E tokens")
     capacity_factor: Optional[float] = Field(
         default=1.25, description="expert capacity multiplier; null means dropless"
     )
     d_expert: Optional[PositiveInt] = Field(default=None, description="expert width; default model.d_ff")
     every: PositiveInt = Field(default=1, description="MoE on every n-th layer (1 = all layers)")
     first_dense: int = Field(default=0, ge=0, description="number of leading layers kept dense")
-    router: Router = "topk_softmax"
+    router: Router = Field(default="topk_softmax", description="topk_softmax, switch (top-1), noisy_topk (Shazeer 2017), expert_choice (Zhou 2022; not causal), sigmoid_bias (DeepSeek-V3 aux-loss-free)")
     renormalize: bool = Field(default=False, description="renormalise the top-k weights to sum to 1")
-    impl: Impl = "loop"
-    aux_loss_coef: float = Field(default=0.01, ge=0)
-    z_loss_coef: float = Field(default=0.0, ge=0)
-    importance_loss_coef: float = Field(default=0.0, ge=0)
-    jitter_eps: float = Field(default=0.0, ge=0)
-    num_shared_experts: int = Field(default=0, ge=0)
+    impl: Impl = Field(default="loop", description="loop (per-expert reference), grouped (sorted tokens, grouped matmul), padded ([experts, capacity, d] batched matmul)")
+    aux_loss_coef: float = Field(default=0.01, ge=0, description="Switch load-balancing loss coefficient")
+    z_loss_coef: float = Field(default=0.0, ge=0, description="ST-MoE router z-loss coefficient")
+    importance_loss_coef: float = Field(default=0.0, ge=0, description="Shazeer importance + load CV^2 coefficient")
+    jitter_eps: float = Field(default=0.0, ge=0, description="multiplicative router-input jitter U(1-eps, 1+eps), training only")
+    num_shared_experts: int = Field(default=0, ge=0, description="always-on shared experts (DeepSeekMoE, Qwen-MoE)")
     d_shared: Optional[PositiveInt] = Field(default=None, description="shared expert width; default d_expert")
     shared_gate: bool = Field(
         default=False, description="scale the shared experts' output by sigmoid(x @ w), w: d_model -> 1 (Qwen-MoE)"
     )
     granularity: PositiveInt = Field(default=1, description="fine-grained split G: width d_expert/G, top_k*G, experts*G")
-    routing_mode: RoutingMode = "learned"
-    skew_exponent: float = Field(default=1.2, gt=0)
-    bias_update_rate: float = Field(default=1e-3, ge=0)
+    routing_mode: RoutingMode = Field(default="learned", description="learned, balanced (forced round-robin; the router still runs) or skewed (Zipf-like) assignment, for speed benchmarks")
+    skew_exponent: float = Field(default=1.2, gt=0, description="Zipf exponent of skewed routing")
+    bias_update_rate: float = Field(default=1e-3, ge=0, description="per-step selection-bias update of sigmoid_bias")
 
     @model_validator(mode="after")
     def _check(self) -> "MoEConfig":
@@ -124,18 +124,18 @@ class MoEConfig(_Frozen):
 class RunSettings(_Frozen):
     """How a case is executed and measured; part of the case id since it changes the numbers."""
 
-    batch_size: PositiveInt = 4
-    dtype: Dtype = "float32"
-    device: Device = "auto"
-    seed: int = 0
-    warmup: int = Field(default=2, ge=0)
+    batch_size: PositiveInt = Field(default=4, description="sequences per step")
+    dtype: Dtype = Field(default="float32", description="float32, bfloat16 or float16")
+    device: Device = Field(default="auto", description="auto (CUDA when present), cpu or cuda")
+    seed: int = Field(default=0, description="seed of weights and data")
+    warmup: int = Field(default=2, ge=0, description="minimum untimed steps; warmup goes on until timings settle (at most 20)")
     repeats: PositiveInt = Field(default=5, description="minimum timed repeats")
     min_time_s: float = Field(default=0.0, ge=0, description="keep repeating until this much time was measured")
     timeout_s: float = Field(default=600.0, gt=0, description="per (case, workload) limit; past it the row is 'timeout'")
     memory_limit_mb: Optional[PositiveInt] = Field(
         default=None, description="cap the worker's memory so a runaway case fails as 'oom' instead of taking the machine"
     )
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate")
     measure_energy: bool = Field(default=True, description="run a separate energy pass after timing (NVML on GPU, RAPL on CPU)")
     energy_window_s: float = Field(default=1.0, gt=0, description="minimum energy window; the step repeats inside it")
     cooldown_s: float = Field(default=0.0, ge=0, description="idle seconds before each case, for thermally comparable starts")

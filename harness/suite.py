@@ -6,6 +6,7 @@ dotted keys and the baselines to derive. Expansion into cases lives in `sweep.py
 from __future__ import annotations
 
 import difflib
+import json
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -55,18 +56,22 @@ class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="used in output folder names")
-    description: str = ""
-    model: ModelConfig = ModelConfig()
-    moe: MoEConfig = MoEConfig()
-    run: RunSettings = RunSettings()
+    description: str = Field(default="", description="free text, shown (escaped) in the report")
+    model: ModelConfig = Field(default=ModelConfig(), description="the base model; `preset: NAME` starts from a published one")
+    moe: MoEConfig = Field(default=MoEConfig(), description="the MoE layer of every MoE case")
+    run: RunSettings = Field(default=RunSettings(), description="how each case is executed and measured")
     workloads: list[str] = Field(
         default_factory=lambda: ["train_step", "forward"],
         min_length=1,
         description="built-in workload names, or 'package.module:function' for your own",
     )
-    sweep: Sweep = Sweep()
-    baselines: list[BaselineKind] = Field(default_factory=lambda: ["flop_matched"])
-    interleave: bool = Field(default=False, description="alternate each MoE case with its baseline")
+    sweep: Sweep = Field(default=Sweep(), description="grid: {dotted.key: [values]} (cartesian product); zip: [{key: [values], ...}] (advance together)")
+    baselines: list[BaselineKind] = Field(
+        default_factory=lambda: ["flop_matched"], description="dense baselines to derive per MoE case: flop_matched and/or param_matched"
+    )
+    interleave: bool = Field(
+        default=False, description="also time each MoE case against its baseline with alternating steps in one process, for a ratio with its own CI"
+    )
 
 
     @field_validator("workloads")
@@ -230,3 +235,30 @@ def load_suite(path: str | Path, overrides: tuple[str, ...] = ()) -> Suite:
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read suite ({exc.strerror})") from None
     return build_suite(parse_yaml(text, str(path)), source=str(path), overrides=overrides)
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "see below" if type(value) in SWEEPABLE_SECTIONS.values() else "none"
+    if value is None:
+        return "null"
+    return json.dumps(value) if isinstance(value, (list, dict, str, bool)) else str(value)
+
+
+def reference_markdown() -> str:
+    """The suite reference README.md embeds (regenerate with `python -m harness.suite`)."""
+    parts = []
+    for title, cls, prefix in (("top level", Suite, ""), *((f"`{n}`", c, f"{n}.") for n, c in SWEEPABLE_SECTIONS.items())):
+        parts += [f"#### {title}", "", "| key | default | meaning |", "|---|---|---|"]
+        for name, field in cls.model_fields.items():
+            text = (field.description or "").replace("|", "/")
+            parts.append(f"| `{prefix}{name}` | `{_default(field)}` | {text} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -117,3 +117,13 @@ def test_cli_missing_file(tmp_path, capsys):
 def test_smoke_suite_is_valid():
     suite = load_suite("suites/smoke.yaml")
     assert set(suite.sweep.grid) == {"moe.num_experts", "moe.top_k", "moe.capacity_factor"}
+
+
+def test_readme_suite_reference_is_current():
+    from pathlib import Path
+
+    from harness.suite import reference_markdown
+
+    text = reference_markdown()
+    assert "`moe.capacity_factor`" in text and "`run.decode_tokens`" in text and "`name` | `required`" in text
+    assert text in Path("README.md").read_text()
