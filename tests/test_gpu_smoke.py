@@ -12,7 +12,7 @@ from harness.sweep import expand
 def test_suite_is_valid_and_small():
     suite = load_suite(gpu_smoke.SUITE, overrides=("run.device=cpu",))  # 'cuda' is rejected without a GPU
     cases = list(expand(suite))
-    assert len(cases) * len(suite.workloads) == 8
+    assert len(cases) * len(suite.workloads) == 12  # 2 MoE + 2 dense, x train_step, forward, decode
     assert suite.run.measure_energy and suite.run.energy_window_s >= 1.0 and suite.run.dtype == "bfloat16"
 
 
