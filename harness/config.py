@@ -135,6 +135,9 @@ class RunSettings(_Frozen):
     memory_limit_mb: Optional[PositiveInt] = Field(
         default=None, description="cap the worker's memory so a runaway case fails as 'oom' instead of taking the machine"
     )
+    threads: Optional[PositiveInt] = Field(
+        default=None, description="torch intra-op threads in each worker (default: torch's choice, usually the core count)"
+    )
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate")
     measure_energy: bool = Field(default=True, description="run a separate energy pass after timing (NVML on GPU, RAPL on CPU)")
     energy_window_s: float = Field(default=1.0, gt=0, description="minimum energy window; the step repeats inside it")

@@ -82,6 +82,8 @@ def prepare(case: Case, workload_name: str, device: torch.device):
     from harness.models.transformer import build_model
     from harness.workloads import make_workload
 
+    if case.run.threads is not None:
+        torch.set_num_threads(case.run.threads)
     torch.manual_seed(case.run.seed)
     model = build_model(case).to(device=device, dtype=getattr(torch, case.run.dtype))
     return model, make_workload(workload_name, model, case, device)

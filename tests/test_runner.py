@@ -260,3 +260,20 @@ def test_readme_column_table_is_current():
     from harness.results import markdown_table
 
     assert markdown_table() in Path("README.md").read_text()
+
+
+def test_run_threads_sets_worker_threads():
+    from harness.worker import measure
+
+    suite = build_suite({
+        "name": "t", "model": {"vocab_size": 32, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "seq_len": 8},
+        "moe": {"num_experts": 2, "top_k": 1}, "run": {"batch_size": 1, "warmup": 1, "repeats": 1, "device": "cpu",
+                                                      "measure_energy": False, "threads": 1},
+    })
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert measure(expand(suite).cases[0], "forward")["row"]["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
