@@ -214,9 +214,9 @@ def activation_elements_per_token(model: ModelConfig, moe: Optional[MoEConfig]) 
     repeating the kv heads, as our attention does) and the attention output and log-sum-exp (fused
     SDPA, so no seq_len^2 score matrix); the FFN hidden tensors (GELU: pre- and post-activation;
     SwiGLU: gate and up, silu(gate), product). An MoE layer instead saves the router's logits and
-    probabilities and, per routed assignment, the gathered token, its hidden tensors, the expert output
-    and its weighted copy (capacity-padded rows too for the `padded` impl), plus the shared experts'
-    hidden tensors. Finally the last norm and the log-softmax of the logits.
+    probabilities and, per routed assignment, its hidden tensors and (loop and padded, not grouped, which
+    fuses gather and scatter into its GEMMs) the gathered token, the expert output and its weighted
+    copy (capacity-padded rows too for the `padded` impl), plus the shared experts' hidden tensors. Finally the last norm and the log-softmax of the logits.
     """
     d, hd, h = model.d_model, model.head_size, model.n_heads
     hidden = 4 if model.activation == "swiglu" else 2
@@ -229,7 +229,10 @@ def activation_elements_per_token(model: ModelConfig, moe: Optional[MoEConfig]) 
             rows = routed_per_token(moe)
             if moe.impl == "padded" and moe.capacity_factor is not None and moe.router != "expert_choice":
                 rows = max(rows, moe.k * moe.capacity_factor)
-            total += 3 * moe.experts + 3 * moe.k + rows * (3 * d + hidden * moe.expert_width(model) + 2)
+            # grouped fuses the token gather and the weighted scatter into its expert GEMMs, so per
+            # routed row it keeps only the hidden tensors (plus index and weight), not 3 d-wide copies
+            copies = 0 if moe.impl == "grouped" else 3 * d
+            total += 3 * moe.experts + 3 * moe.k + rows * (copies + hidden * moe.expert_width(model) + 2)
             total += moe.num_shared_experts * hidden * moe.shared_width(model)
         else:
             total += hidden * model.d_ff

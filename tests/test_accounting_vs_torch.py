@@ -167,8 +167,6 @@ def test_activation_memory_estimate_matches_saved_tensors(seed, impl):
         assert 0.85 < estimate / measured < 1.1, (estimate, measured)
 
 
-@pytest.mark.xfail(reason="models helper has not implemented model.positional / moe.shared_gate yet "
-                          "(see /work/notes/accounting-to-models.md); remove this marker once it has", strict=False)
 @pytest.mark.parametrize("positional,shared_gate", [("rope", False), ("none", False), ("learned", True)])
 def test_positional_and_shared_gate_params_match_model(positional, shared_gate):
     model, moe, batch = random_case(3, "loop", "topk_softmax")
