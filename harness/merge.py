@@ -30,7 +30,6 @@ def merge(dirs: list[Path], out: Path) -> RunStore:
     if target.journal.exists():
         raise SuiteError(f"merge: --out {out} already holds a run")
     rows = [r for s in stores for r in s.rows()]
-    layers = [layer for s in stores for layer in read_jsonl(s.layers_journal)]
     merged = {
         **first,
         "shard": None,
@@ -39,7 +38,8 @@ def merge(dirs: list[Path], out: Path) -> RunStore:
         "finished": max((m.get("finished") or "") for m in metas) or None,
     }
     target.write_meta(merged)
-    target.append_records(target.layers_journal, layers)
+    for name in ("layers_journal", "steps_journal"):
+        target.append_records(getattr(target, name), [r for s in stores for r in read_jsonl(getattr(s, name))])
     target.append_records(target.journal, rows)
     target.write_tables()
     return target

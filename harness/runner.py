@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import Case
+from harness.environment import fingerprint
+from harness.metrics.baseline import measure_baselines
+from harness.metrics.statistics import ratio_ci
 from harness.progress import Progress
 from harness.results import case_columns
 from harness.store import RunStore
 from harness.suite import Suite, SuiteError, build_suite, load_suite
+from harness.summary import print_summary
 from harness.sweep import Expansion, expand
 
 SIGNAL_NAMES = {getattr(signal, n): n for n in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGTERM", "SIGINT", "SIGILL", "SIGFPE")}
@@ -188,8 +192,6 @@ def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signatur
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.environment import fingerprint
-
     suite, suite_yaml, store, meta = _load(args)
     shard = parse_shard(args.shard) if not meta else (tuple(meta["shard"]) if meta.get("shard") else None)
     expansion = expand(suite)
@@ -207,8 +209,6 @@ def main(args: argparse.Namespace) -> int:
         store.write_meta(meta)
     done = store.done(include_failed=not args.rerun_failed)
     todo = [job for job in jobs if job.key not in done]
-    from harness.metrics.baseline import measure_baselines
-
     context = measure_baselines([job.case for job in todo], previous=meta.get("baselines"))
     meta["baselines"] = context
     meta["fingerprint"]["matmul_tflops"] = context["matmul_tflops"]
@@ -226,9 +226,10 @@ def main(args: argparse.Namespace) -> int:
                 row = _row(job, result, expansion, suite, meta)
                 if suite.interleave and job.case.kind == "moe" and row["status"] == "ok" and row.get("matched_to"):
                     row.update(_interleaved_ratio(job, expansion.by_id()[row["matched_to"]], store.root, args.verbose))
-                for layer in result.get("routing_layers", []):
-                    layer.update(case_id=job.case.id, workload=job.workload)
-                store.append(row, result.get("routing_layers", []))
+                details = {key: result.get(key, []) for key in ("routing_layers", "steps")}
+                for record in (*details["routing_layers"], *details["steps"]):
+                    record.update(case_id=job.case.id, workload=job.workload)
+                store.append(row, details["routing_layers"], details["steps"])
                 progress.finish(row, time.perf_counter() - started)
     except Interrupted as exc:
         interrupted = str(exc)
@@ -244,8 +245,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nstopped by {interrupted}; finished rows are in {store.root} — continue with --resume {store.root}", file=sys.stderr)
         return 130
     frame = store.frame()
-    from harness.summary import print_summary
-
     print_summary(frame)
     if not args.no_report:
         _write_report(store.root)
@@ -271,8 +270,6 @@ def _row(job: Job, result: dict[str, Any], expansion: Expansion, suite: Suite, m
 
 def _interleaved_ratio(job: Job, baseline: Case, run_dir: Path, verbose: bool) -> dict[str, Any]:
     """MoE throughput over its baseline's from alternating steps in one process, with a bootstrap CI."""
-    from harness.metrics.statistics import ratio_ci
-
     result = run_job(job, run_dir, echo_logs=verbose, pair_with=baseline)
     if result.get("status") != "ok":
         return {"throughput_ratio_ci_method": f"unavailable: interleaved pair {result.get('status')}: {result.get('error')}"}

@@ -43,6 +43,7 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.journal = self.root / "rows.jsonl"
         self.layers_journal = self.root / "routing_layers.jsonl"
+        self.steps_journal = self.root / "steps.jsonl"
         self.meta_path = self.root / "run.json"
 
     def write_meta(self, meta: dict[str, Any]) -> None:
@@ -60,8 +61,10 @@ class RunStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def append(self, row: dict[str, Any], layers: list[dict[str, Any]] = ()) -> None:
+    def append(self, row: dict[str, Any], layers: list[dict[str, Any]] = (), steps: list[dict[str, Any]] = ()) -> None:
+        """Detail records first, the row last: a row on disk means its details are too."""
         self.append_records(self.layers_journal, list(layers))
+        self.append_records(self.steps_journal, list(steps))
         self.append_records(self.journal, [row])
         self.write_tables()
 
@@ -83,18 +86,20 @@ class RunStore:
         ordered = [c for c in COLUMNS if c in frame.columns]
         return frame[ordered + [c for c in frame.columns if c not in COLUMNS]]
 
-    def layers_frame(self) -> pd.DataFrame:
+    def detail_frame(self, journal: Path, index: str) -> pd.DataFrame:
+        """Per-layer or per-step records of the rows that are stored, the latest attempt winning."""
         latest = {(r["case_id"], r["workload"]) for r in self.rows()}
-        records = [r for r in read_jsonl(self.layers_journal) if (r.get("case_id"), r.get("workload")) in latest]
+        records = [r for r in read_jsonl(journal) if (r.get("case_id"), r.get("workload")) in latest]
         frame = pd.DataFrame(records)
         if not frame.empty:
-            frame = frame.drop_duplicates(subset=["case_id", "workload", "layer"], keep="last")
+            frame = frame.drop_duplicates(subset=["case_id", "workload", index], keep="last")
         return frame
 
     def write_tables(self) -> None:
         frame = self.frame()
         write_atomic(self.root / "results.csv", lambda p: frame.to_csv(p, index=False))
         write_atomic(self.root / "results.parquet", lambda p: frame.to_parquet(p, index=False))
-        layers = self.layers_frame()
-        if not layers.empty:
-            write_atomic(self.root / "routing_layers.csv", lambda p: layers.to_csv(p, index=False))
+        for journal, index, name in ((self.layers_journal, "layer", "routing_layers.csv"), (self.steps_journal, "step", "steps.csv")):
+            detail = self.detail_frame(journal, index)
+            if not detail.empty:
+                write_atomic(self.root / name, lambda p: detail.to_csv(p, index=False))

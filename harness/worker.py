@@ -169,7 +169,7 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
     row.update({f"{k}_start": v for k, v in gpu_start.items()})
     row.update({f"{k}_end": v for k, v in nvml.gpu_state(device).items()})
     row.update(workload.finish())
-    return {"row": row, "routing_layers": first["routing_layers"]}
+    return {"row": row, "routing_layers": first["routing_layers"], "steps": workload.step_log()}
 
 
 def measure_interleaved(case: Case, other: Case, workload_name: str) -> dict[str, Any]:

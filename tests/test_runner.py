@@ -61,7 +61,7 @@ def tiny_run(tmp_path_factory):
 def test_end_to_end_files_and_columns(tiny_run):
     code, out = tiny_run
     assert code == 0
-    for name in ("results.csv", "results.parquet", "run.json", "routing_layers.csv"):
+    for name in ("results.csv", "results.parquet", "run.json", "routing_layers.csv", "steps.csv"):
         assert (out / name).exists(), name
     frame = pd.read_csv(out / "results.csv")
     parquet = pd.read_parquet(out / "results.parquet")
@@ -78,6 +78,16 @@ def test_end_to_end_files_and_columns(tiny_run):
         assert row["case_id"] in base["matched_to"].split()
         assert abs(base["flops_per_token"] - row["flops_per_token"]) / row["flops_per_token"] < 0.01
         assert row["flop_match_error"] < 0.01
+    steps = pd.read_csv(out / "steps.csv")
+    assert set(steps["workload"]) == {"train_step"}
+    for (case_id, _), log in steps.groupby(["case_id", "workload"]):
+        row = frame[(frame["case_id"] == case_id) & (frame["workload"] == "train_step")].iloc[0]
+        assert list(log["step"]) == list(range(len(log))) and len(log) >= 1 + row["warmup_iterations"] + row["repeats"]
+        assert log["loss"].iloc[0] == pytest.approx(row["train_loss"])
+        if row["kind"] == "moe":
+            assert log["aux_loss"].notna().all() and log["aux_loss"].iloc[0] == pytest.approx(row["aux_loss"])
+        else:
+            assert "aux_loss" not in log or log["aux_loss"].isna().all()
     meta = json.loads((out / "run.json").read_text())
     for key in ("python", "torch", "device_name", "cpu_model", "threads", "git_commit"):
         assert key in meta["fingerprint"]

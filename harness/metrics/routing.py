@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from harness.models.moe.layer import LOSS_NAMES, MoELayer
 
@@ -86,10 +87,11 @@ def collect(model: nn.Module) -> tuple[dict, list[dict]]:
     return {name: case[name] for name in CASE_COLUMNS}, rows
 
 
-def last_losses(model: nn.Module) -> dict[str, float]:
-    """Coefficient-free aux losses of the latest forward, mean over MoE layers ({} for dense):
-    what a training workload logs per step."""
+def last_losses(model: nn.Module) -> dict[str, Tensor]:
+    """Coefficient-free aux losses of the latest forward, mean over MoE layers ({} for dense): what a
+    training workload logs per step. Kept as 0-dim tensors, so logging inside a timed step costs no
+    host synchronisation; convert after timing."""
     values = [layer.last_losses for _, layer in moe_layers(model) if layer.last_losses]
     if not values:
         return {}
-    return {name: sum(float(v[name]) for v in values) / len(values) for name in LOSS_NAMES}
+    return {name: torch.stack([v[name].float() for v in values]).mean() for name in LOSS_NAMES}

@@ -24,6 +24,7 @@ class Workload:
     last_loss: Callable[[], float | None] = lambda: None
     finish: Callable[[], dict[str, Any]] = dict
     context_len: int | None = None  # mean attention context per token, when not model.seq_len (decode)
+    step_log: Callable[[], list[dict[str, float]]] = list  # per-step losses of a training workload
 
 
 def sample_tokens(case: Case, device: torch.device) -> torch.Tensor:
