@@ -454,3 +454,21 @@ def test_native_grouped_mm_path_matches_per_expert_path():
         torch.testing.assert_close(got[0], expected[0])
         for a, b in zip(got[1], expected[1]):
             torch.testing.assert_close(a, b)
+
+
+def test_grouped_mm_alignment_rule():
+    from harness.models.moe.grouped import grouped_mm_aligned
+
+    bf16 = dict(dtype=torch.bfloat16)
+    assert grouped_mm_aligned(torch.zeros(5, 64, **bf16), torch.zeros(4, 128, 64, **bf16))
+    assert not grouped_mm_aligned(torch.zeros(5, 20, **bf16), torch.zeros(4, 12, 20, **bf16))  # 40-byte rows
+    assert grouped_mm_aligned(torch.zeros(5, 20), torch.zeros(4, 12, 20))  # fp32: 80 and 48 bytes
+
+
+@pytest.mark.parametrize("capacity_factor, causal", [(None, True), (1.0, False)])
+def test_capacity_limited_token_choice_is_flagged_non_causal(capacity_factor, causal):
+    cfg = ModelConfig(n_layers=1, seq_len=8)
+    moe = MoEConfig(num_experts=4, top_k=2, capacity_factor=capacity_factor)
+    model = build_model(Case(kind="moe", model=cfg, moe=moe, run=RunSettings()))
+    model(torch.randint(0, 256, (2, 8)))
+    assert routing_stats.collect(model)[0]["causal"] is causal

@@ -73,6 +73,8 @@ class CausalSelfAttention(nn.Module):
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         if start == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # one new token sees every cached position: no mask, so fused kernels apply
+            y = F.scaled_dot_product_attention(q, k, v)
         else:  # query i sits at position start+i and sees keys 0..start+i
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

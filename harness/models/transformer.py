@@ -19,6 +19,7 @@ from torch import LongTensor, Tensor, nn
 from harness.config import Case, ModelConfig, MoEConfig
 from harness.models.attention import CausalSelfAttention, KVCache
 from harness.models.dense import FeedForward
+from harness.models.moe.experts import Experts
 from harness.models.moe.layer import MoELayer
 from harness.models.moe.router import SigmoidBiasRouter
 
@@ -63,9 +64,12 @@ class TransformerLM(nn.Module):
 
     @staticmethod
     def _init(module: nn.Module) -> None:
-        """GPT-2 style N(0, 0.02) for embeddings and linears; experts and routers keep their own init."""
+        """GPT-2 style N(0, 0.02) for embeddings, linears and routed experts alike, so an MoE and its
+        dense baseline start from the same weight scale (a fair quality comparison)."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, Experts):
+            module.reset_parameters(std=0.02)
 
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if b.is_moe]

@@ -3,7 +3,7 @@
 
 - `loop`: per-expert boolean selection and `index_add_`, the readable reference (HF eager style).
 - `grouped`: tokens in expert order, one grouped matmul per projection, weighted scatter-add back
-  (`grouped.py`: `F.grouped_mm` on CUDA bf16 sm80+, else per-expert `torch.mm` with the gather and
+  (`grouped.py`: `F.grouped_mm` on CUDA bf16 sm90+ with aligned widths, else per-expert `torch.mm` with the gather and
   scatter fused in, after one `.tolist()` of the counts).
 - `padded`: GShard/Switch capacity buffer `[E, C, d]` and two batched matmuls; padding rows are
   computed and discarded, which is the cost capacity factors buy static shapes with.

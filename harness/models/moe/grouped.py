@@ -1,7 +1,7 @@
 """Grouped expert GEMMs: every expert's tokens times that expert's matrices, without padding.
 
-On CUDA with bf16 (sm80+) `F.grouped_mm` runs each projection as one kernel. Elsewhere (CPU, fp32,
-older torch) two custom autograd functions loop over experts with `torch.mm` on contiguous slices,
+On CUDA with bf16 (sm90+, widths multiples of 8) `F.grouped_mm` runs each projection as one kernel.
+Elsewhere (CPU, fp32, older torch) two custom autograd functions loop over experts with `torch.mm` on contiguous slices,
 fusing the token gather into the first projection and the weighted scatter-add into the second:
 per-expert temporaries are small, so the allocator reuses them, while full-size `[k*T, d]` copies of
 the gathered inputs and outputs are fresh allocations, and on CPU first-touching fresh memory costs
@@ -23,11 +23,19 @@ from torch import Tensor
 from torch.autograd import Function
 
 
-def native_grouped_mm_available(x: Tensor) -> bool:
-    """`F.grouped_mm` is one fused kernel only on CUDA sm80+ and in bf16; elsewhere it is a slow fallback."""
+def native_grouped_mm_available(x: Tensor, *weights: Tensor) -> bool:
+    """`F.grouped_mm` is one fused, sync-free kernel only on CUDA sm90+ in bf16 (sm80 runs a fallback
+    loop with a host sync), and it needs 16-byte aligned strides: every width a multiple of 8 in bf16."""
     if not hasattr(F, "grouped_mm") or x.device.type != "cuda" or x.dtype != torch.bfloat16:
         return False
-    return torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return grouped_mm_aligned(x, *weights) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+
+
+def grouped_mm_aligned(*tensors: Tensor) -> bool:
+    """Strides in multiples of 16 bytes, as `F.grouped_mm` requires: the last dimension of every tensor
+    and, for stacked expert weights (3-D, also used transposed), the one before it."""
+    sizes = [(t, t.shape[-1]) for t in tensors] + [(t, t.shape[-2]) for t in tensors if t.dim() == 3]
+    return all(size * t.element_size() % 16 == 0 for t, size in sizes)
 
 
 def _empty_grad(w: Tensor, sizes: list[int]) -> Tensor:
@@ -137,7 +145,7 @@ def grouped_ffn(
     `sizes` is called only on the per-expert path (it syncs the counts to the host). `native` forces
     (True) or forbids (False) `F.grouped_mm`; by default it is used where it is one fused kernel.
     """
-    if native if native is not None else native_grouped_mm_available(x):
+    if native if native is not None else native_grouped_mm_available(x, w_in, w_out):
         offsets = counts.cumsum(0).to(torch.int32)
         h = act(F.grouped_mm(x.index_select(0, token), w_in.transpose(-2, -1), offs=offsets))
         y = F.grouped_mm(h, w_out, offs=offsets) * weight.unsqueeze(1).to(x.dtype)

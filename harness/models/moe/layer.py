@@ -29,7 +29,7 @@ from harness.config import ModelConfig, MoEConfig
 from harness.models.dense import FeedForward
 from harness.models.moe.dispatch import DispatchPlan, get_impl, make_plan
 from harness.models.moe.experts import Experts
-from harness.models.moe.router import Routing, build_router
+from harness.models.moe.router import Routing, build_router, histogram
 from harness.models.moe.stats import RoutingTally
 
 LOSS_NAMES = ("aux_loss", "z_loss", "importance_loss")
@@ -70,7 +70,9 @@ class MoELayer(nn.Module):
         )
         self.impl_name = moe.impl
         self.impl = get_impl(moe.impl)
-        self.tally = RoutingTally(moe.experts, causal=self.router.causal)
+        # a capacity limit makes routing depend on the other tokens of the batch (later positions can
+        # take an earlier token's slot), so only dropless token choice is causal
+        self.tally = RoutingTally(moe.experts, causal=self.router.causal and moe.capacity_factor is None)
         self.last_losses: dict[str, Tensor] = {}
 
     def capacity(self, num_tokens: int) -> Optional[int]:
@@ -84,7 +86,7 @@ class MoELayer(nn.Module):
         x = x.reshape(-1, shape[-1])
         T = x.shape[0]
         routing = self.router(x)
-        routed = torch.bincount(routing.expert, minlength=self.num_experts)
+        routed = histogram(routing.expert, self.num_experts)
         capacity = self.capacity(T) if routing.token_choice else None
         plan = make_plan(routing, routed, capacity)
         y = self.impl(x, plan, self.experts)
@@ -107,7 +109,7 @@ class MoELayer(nn.Module):
             rows = routed.new_tensor(plan.capacity) if plan.capacity is not None else routed.max()
         else:
             slots, drop_total = T * self.k, T
-            dropped = T - torch.bincount(routing.token, minlength=T).count_nonzero()
+            dropped = T - histogram(routing.token, T).count_nonzero()
             rows = plan.counts.max()
         entropy = torch.special.entr(routing.probs).sum()
         losses = self.last_losses

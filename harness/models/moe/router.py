@@ -56,6 +56,12 @@ def zipf_choice(num_tokens: int, k: int, num_experts: int, exponent: float, devi
     return (logp - (-u.log()).log()).topk(k, dim=-1).indices
 
 
+def histogram(index: Tensor, bins: int) -> Tensor:
+    """Counts of each value in `index` (int64, on its device). Unlike `torch.bincount`, which reads the
+    maximum back to size its output, this never synchronises with the host."""
+    return torch.zeros(bins, dtype=torch.long, device=index.device).index_add_(0, index, torch.ones_like(index))
+
+
 def slot_major(idx: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Flatten `[T, k]` choices into assignment lists ordered slot-major."""
     T, k = idx.shape
@@ -212,14 +218,14 @@ class SigmoidBiasRouter(Router):
         idx = self.select(scores + self.expert_bias)
         if self.training:
             with torch.no_grad():
-                self.pending_load += torch.bincount(idx.reshape(-1), minlength=self.num_experts)
+                self.pending_load += histogram(idx.reshape(-1), self.num_experts)
         token, expert, weight = slot_major(idx, self.finish(scores.gather(1, idx)))
         return Routing(logits, scores / scores.sum(-1, keepdim=True), token, expert, weight)
 
     @torch.no_grad()
     def update_bias(self) -> None:
-        if self.pending_load.sum() > 0:
-            self.expert_bias += self.update_rate * torch.sign(self.pending_load.mean() - self.pending_load)
+        # with no pending load (no training step since the last update) the sign is 0: bias unchanged
+        self.expert_bias += self.update_rate * torch.sign(self.pending_load.mean() - self.pending_load)
         self.pending_load.zero_()
 
 
