@@ -165,6 +165,11 @@ class Case(_Frozen):
     def _check(self) -> "Case":
         if (self.kind == "moe") != (self.moe is not None):
             raise ValueError("an moe case needs an moe block and a dense case must not have one")
+        if self.moe is not None and not any(self.moe.is_moe_layer(i) for i in range(self.model.n_layers)):
+            raise ValueError(
+                f"no layer of the {self.model.n_layers}-layer model is MoE with moe.first_dense={self.moe.first_dense} "
+                f"and moe.every={self.moe.every}"
+            )
         return self
 
     @property

@@ -55,6 +55,9 @@ class RunStore:
     def append_records(self, path: Path, records: list[dict[str, Any]]) -> None:
         if not records:
             return
+        with open(path, "a+b") as f:
+            if f.tell() and (f.seek(f.tell() - 1), f.read(1))[1] != b"\n":
+                f.write(b"\n")  # close a line torn by a kill, so the next record starts on its own line
         with open(path, "a") as f:
             for record in records:
                 f.write(json.dumps(record, default=str) + "\n")

@@ -114,15 +114,16 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        where = ".".join(str(p) for p in loc)
+        path = f"{prefix}{where}: " if where else prefix or "(top level): "
         if e["type"] == "extra_forbidden":
             names = _valid_names(loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else (f"; valid keys: {', '.join(names)}" if names else "")
-            lines.append(f"{prefix}{path}: unknown key{hint}")
+            lines.append(f"{path}unknown key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{prefix}{path}: {msg} (got {e.get('input')!r})" if e["type"] != "value_error" else f"{prefix}{path}: {msg}")
+            lines.append(f"{path}{msg}" if e["type"] == "value_error" else f"{path}{msg} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -206,8 +207,25 @@ def _check_sweep_keys(suite: Suite) -> None:
             raise SuiteError(f"sweep.{key}: unknown key{hint}")
 
 
+def _values(suite: Suite, key: str, base: Any) -> set[Any]:
+    """Every value a key takes across the sweep (grid and zip groups), or its base value."""
+    swept = list(suite.sweep.grid.get(key, [])) + [v for group in suite.sweep.zip for v in group.get(key, [])]
+    return set(swept) if swept else {base}
+
+
+TRAINING_WORKLOADS = ("train_step", "quality")
+
+
+def _check_dtype(suite: Suite) -> None:
+    if "float16" in _values(suite, "run.dtype", suite.run.dtype) and set(TRAINING_WORKLOADS) & set(suite.workloads):
+        raise SuiteError(
+            "run.dtype: float16 training needs loss scaling (plain AdamW's eps underflows and weights turn NaN); "
+            "use bfloat16 for train_step and quality, float16 only with forward and decode"
+        )
+
+
 def _check_device(suite: Suite) -> None:
-    devices = {suite.run.device, *suite.sweep.grid.get("run.device", [])}
+    devices = _values(suite, "run.device", suite.run.device)
     if "cuda" in devices:
         import torch
 
@@ -224,6 +242,7 @@ def build_suite(data: dict[str, Any], source: str = "suite", overrides: tuple[st
     except ValidationError as err:
         raise SuiteError(format_validation_error(err, prefix=f"{source}: ")) from None
     _check_sweep_keys(suite)
+    _check_dtype(suite)
     _check_device(suite)
     return suite
 

@@ -27,8 +27,9 @@ def ratios(frame: pd.DataFrame) -> pd.DataFrame:
             "status": row["status"], "throughput_x": ratio("tokens_per_s"), "memory_x": ratio("peak_memory_bytes"),
             "dropped": row.get("dropped_fraction", math.nan),
         })
-    table = pd.DataFrame(lines)
-    return table.astype({"experts": "Int64", "top_k": "Int64"})
+    if not lines:
+        return pd.DataFrame()
+    return pd.DataFrame(lines).astype({"experts": "Int64", "top_k": "Int64"})
 
 
 def print_summary(frame: pd.DataFrame) -> None:

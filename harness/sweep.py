@@ -70,7 +70,8 @@ def _moe_case(suite: Suite, point: dict[str, Any]) -> Case:
         return Case.model_validate(data)
     except ValidationError as err:
         where = ", ".join(f"{k}={v!r}" for k, v in point.items())
-        raise SuiteError(format_validation_error(err, prefix=f"sweep point ({where}): ")) from None
+        prefix = f"sweep point ({where}): " if point else f"suite '{suite.name}': "
+        raise SuiteError(format_validation_error(err, prefix=prefix)) from None
 
 
 def expand(suite: Suite) -> Expansion:

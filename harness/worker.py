@@ -50,7 +50,7 @@ def resolve_device(requested: str) -> torch.device:
 
 def classify(exc: BaseException) -> str:
     """'oom' for out-of-memory in any of its forms, 'failed' for everything else."""
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))):
         return "oom"
     text = str(exc).lower()
     if "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text:

@@ -37,3 +37,12 @@ def test_rerun_replaces_failure(tmp_path):
     assert store.done(include_failed=False) == {("a", "forward")}
     lines = store.journal.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["status"] == "failed"
+
+
+def test_append_after_a_torn_line_keeps_the_new_row(tmp_path):
+    store = RunStore(tmp_path)
+    store.append(row("a"))
+    with open(store.journal, "a") as f:
+        f.write('{"case_id": "b", "workl')
+    store.append(row("c"))
+    assert [r["case_id"] for r in store.rows()] == ["a", "c"]

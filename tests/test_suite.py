@@ -127,3 +127,19 @@ def test_readme_suite_reference_is_current():
     text = reference_markdown()
     assert "`moe.capacity_factor`" in text and "`run.decode_tokens`" in text and "`name` | `required`" in text
     assert text in Path("README.md").read_text()
+
+
+def test_moe_case_without_moe_layers_is_refused(write_suite):
+    from harness.sweep import expand
+
+    suite = load_suite(write_suite("name: x\nmodel: {n_layers: 2}\nmoe: {first_dense: 5}\n"))
+    with pytest.raises(SuiteError, match="no layer of the 2-layer model is MoE"):
+        expand(suite)
+
+
+def test_float16_training_is_refused(write_suite):
+    msg = error_of(write_suite, "name: x\nrun: {dtype: float16}\nworkloads: [forward, train_step]\n")
+    assert "run.dtype" in msg and "bfloat16" in msg
+    msg = error_of(write_suite, "name: x\nworkloads: [quality]\nsweep: {grid: {run.dtype: [float32, float16]}}\n")
+    assert "run.dtype" in msg
+    assert load_suite(write_suite("name: x\nrun: {dtype: float16}\nworkloads: [forward, decode]\n"))
