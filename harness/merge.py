@@ -14,10 +14,10 @@ from harness.suite import SuiteError
 
 
 def merge(dirs: list[Path], out: Path) -> RunStore:
+    for d in dirs:
+        if not (Path(d) / "run.json").is_file():
+            raise SuiteError(f"merge: {d} has no run.json; not a run folder")
     stores = [RunStore(d) for d in dirs]
-    for store in stores:
-        if not store.meta_path.exists():
-            raise SuiteError(f"merge: {store.root} has no run.json; not a run folder")
     metas = [s.read_meta() for s in stores]
     first = metas[0]
     for store, meta in zip(stores[1:], metas[1:]):

@@ -49,7 +49,7 @@ COLUMNS: dict[str, str] = {
     "flops_per_token": "analytic forward FLOPs per token (see Accounting); MoE counts active experts and the router",
     "train_flops_per_token": "analytic training FLOPs per token (forward + backward)",
     "baseline_flops_per_token": "MoE row: forward FLOPs per token of its matched dense baseline; dense row: its own",
-    "flop_match_error": "|dense - moe| / moe forward FLOPs per token for the pair; dense row: the largest over the cases it serves",
+    "flop_match_error": "|dense - moe| / moe forward FLOPs per token against the flop-matched baseline; dense flop-matched row: the largest over the cases it serves",
     # timing
     "tokens_per_s": "tokens per second from the median step latency",
     "latency_ms_median": "median step latency",
@@ -167,7 +167,8 @@ def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str,
             dense = by_id[baselines[main_rule]]
             dense_flops = accounting.forward_flops(dense.model, None).total
             row["baseline_flops_per_token"] = dense_flops
-            row["flop_match_error"] = accounting.match_error(dense_flops, own["flops_per_token"])
+            if main_rule == "flop_matched":
+                row["flop_match_error"] = accounting.match_error(dense_flops, own["flops_per_token"])
     else:
         served = expansion.serves.get(case.id, [])
         row["matched_to"] = " ".join(served)

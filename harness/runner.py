@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import Case
-from harness.environment import fingerprint
+from harness.environment import comparable, fingerprint
 from harness.metrics.baseline import measure_baselines
 from harness.metrics.statistics import ratio_ci
 from harness.progress import Progress
@@ -165,13 +165,21 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _load(args: argparse.Namespace) -> tuple[Suite, str, RunStore, dict[str, Any] | None]:
+def _load(args: argparse.Namespace, here: dict[str, Any]) -> tuple[Suite, str, RunStore, dict[str, Any] | None]:
     """The suite, its YAML text and the store; for --resume, taken from the run folder."""
     if args.resume:
-        store = RunStore(Path(args.resume))
-        if not store.meta_path.exists():
+        if args.out or args.shard:
+            raise SuiteError("--resume continues a run as it was started: drop --out and --shard")
+        if not (Path(args.resume) / "run.json").is_file():
             raise SuiteError(f"--resume {args.resume}: no run.json there; not a run folder")
+        store = RunStore(Path(args.resume))
         meta = store.read_meta()
+        differs = comparable(meta["fingerprint"], here)
+        if differs:
+            raise SuiteError(
+                f"--resume {args.resume}: this machine differs from the run's ({', '.join(differs)}); "
+                "its numbers would not be comparable, start a new run"
+            )
         suite = build_suite(meta["suite"], source=f"{args.resume}/run.json")
         if args.suite:
             given = load_suite(args.suite, tuple(args.overrides))
@@ -192,7 +200,8 @@ def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signatur
 
 
 def main(args: argparse.Namespace) -> int:
-    suite, suite_yaml, store, meta = _load(args)
+    here = fingerprint()
+    suite, suite_yaml, store, meta = _load(args, here)
     shard = parse_shard(args.shard) if not meta else (tuple(meta["shard"]) if meta.get("shard") else None)
     expansion = expand(suite)
     jobs = jobs_for(suite, expansion, shard)
@@ -202,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
             "suite_yaml": suite_yaml,
             "overrides": list(args.overrides),
             "shard": list(shard) if shard else None,
-            "fingerprint": fingerprint(),
+            "fingerprint": here,
             "started": _now(),
             "finished": None,
         }
@@ -223,13 +232,15 @@ def main(args: argparse.Namespace) -> int:
                 progress.start(job.case.id, job.case.kind, job.workload)
                 started = time.perf_counter()
                 result = run_job(job, store.root, echo_logs=args.verbose, context=context)
-                row = _row(job, result, expansion, suite, meta)
-                if suite.interleave and job.case.kind == "moe" and row["status"] == "ok" and row.get("matched_to"):
-                    row.update(_interleaved_ratio(job, expansion.by_id()[row["matched_to"]], store.root, args.verbose))
+                row = _row(job, result, expansion, suite, here)
                 details = {key: result.get(key, []) for key in ("routing_layers", "steps")}
                 for record in (*details["routing_layers"], *details["steps"]):
                     record.update(case_id=job.case.id, workload=job.workload)
                 store.append(row, details["routing_layers"], details["steps"])
+                if suite.interleave and job.case.kind == "moe" and row["status"] == "ok" and row.get("matched_to"):
+                    # stored once already, so an interrupt here loses only the ratio; the latest row wins
+                    row.update(_interleaved_ratio(job, expansion.by_id()[row["matched_to"]], store.root, args.verbose))
+                    store.append(row)
                 progress.finish(row, time.perf_counter() - started)
     except Interrupted as exc:
         interrupted = str(exc)
@@ -253,8 +264,8 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed and not args.allow_failures else 0
 
 
-def _row(job: Job, result: dict[str, Any], expansion: Expansion, suite: Suite, meta: dict[str, Any]) -> dict[str, Any]:
-    fp = meta["fingerprint"]
+def _row(job: Job, result: dict[str, Any], expansion: Expansion, suite: Suite, fp: dict[str, Any]) -> dict[str, Any]:
+    """A result row; provenance comes from the process that measured it (a resumed run may be newer)."""
     row = case_columns(job.case, expansion, suite.name)
     row.update(
         workload=job.workload,

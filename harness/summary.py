@@ -7,7 +7,7 @@ import pandas as pd
 
 
 def ratios(frame: pd.DataFrame) -> pd.DataFrame:
-    """One line per (MoE case, workload) with throughput and memory over its flop-matched baseline."""
+    """One line per (MoE case, workload) with throughput and memory over its matched baseline (flop-matched when the suite has one)."""
     if frame.empty or "matched_to" not in frame:
         return pd.DataFrame()
     ok = frame[frame["status"] == "ok"]
@@ -22,6 +22,7 @@ def ratios(frame: pd.DataFrame) -> pd.DataFrame:
             return float(row[col]) / float(base[col])
         lines.append({
             "case_id": row["case_id"], "workload": row["workload"],
+            "baseline": base["baseline"] if base is not None else None,
             "experts": row.get("num_experts"), "top_k": row.get("top_k"),
             "capacity": "dropless" if row.get("dropless") else row.get("capacity_factor"),
             "status": row["status"], "throughput_x": ratio("tokens_per_s"), "memory_x": ratio("peak_memory_bytes"),
@@ -36,5 +37,5 @@ def print_summary(frame: pd.DataFrame) -> None:
     table = ratios(frame)
     if table.empty:
         return
-    print("\nMoE vs its flop-matched dense baseline (x = MoE / dense; throughput > 1 means MoE is faster):")
+    print("\nMoE vs its matched dense baseline (x = MoE / dense; throughput > 1 means MoE is faster):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))

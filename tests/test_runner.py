@@ -287,3 +287,19 @@ def test_run_threads_sets_worker_threads():
         assert measure(expand(suite).cases[0], "forward")["row"]["torch_threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_resume_refuses_other_machines_and_conflicting_flags(tmp_path):
+    run = _fake_run(tmp_path / "r", "s", [{"case_id": "1", "workload": "forward", "status": "ok", "kind": "moe"}])
+    with pytest.raises(SuiteError, match="differs from the run"):
+        main_raising(["run", "--resume", str(run)])
+    with pytest.raises(SuiteError, match="drop --out and --shard"):
+        main_raising(["run", "--resume", str(run), "--shard", "1/2"])
+
+
+def main_raising(argv):
+    """Run the `run` command without the CLI's error-to-exit-code mapping, to see the SuiteError."""
+    from harness.cli import build_parser
+    from harness.runner import main as run_main
+
+    return run_main(build_parser().parse_args(argv))
