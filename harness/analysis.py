@@ -34,7 +34,7 @@ DTYPES: dict[str, str] = {
     "tokens_per_s": FLOAT, "latency_ms_median": FLOAT, "latency_ms_p90": FLOAT, "latency_ms_iqr": FLOAT,
     "latency_ms_ci_low": FLOAT, "latency_ms_ci_high": FLOAT, "repeats": INT, "warmup_iterations": INT,
     "timer": STRING, "noisy": BOOL, "tokens_per_step": INT, "train_loss": FLOAT, "torch_threads": INT,
-    "throughput_ratio_ci_low": FLOAT, "throughput_ratio_ci_high": FLOAT,
+    "throughput_ratio_ci_low": FLOAT, "throughput_ratio_ci_high": FLOAT, "interleaved_throughput_ratio": FLOAT,
     # memory
     "peak_memory_bytes": INT, "memory_source": STRING,
     # energy
@@ -244,13 +244,19 @@ def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series) -> None:
     lo, hi = lo.where(both_ok), hi.where(both_ok)
     method = pd.Series(pd.NA, index=out.index, dtype=STRING).mask(lo.notna() & hi.notna(), "latency_ci_bounds")
 
+    # an interleaved measurement brings its own ratio and CI: use both together, never mix sources
     inter_lo, inter_hi = _col(out, "throughput_ratio_ci_low"), _col(out, "throughput_ratio_ci_high")
-    use = both_ok & inter_lo.notna() & inter_hi.notna()
+    inter = _col(out, "interleaved_throughput_ratio")
+    use = both_ok & inter_lo.notna() & inter_hi.notna() & inter.notna()
+    out["throughput_ratio"] = out["throughput_ratio"].mask(use, inter)
     lo, hi = lo.mask(use, inter_lo), hi.mask(use, inter_hi)
     method = method.mask(use, "interleaved")
+    if "throughput_ratio_ci_method" in out.columns:  # keep the run's reason when the interleaved pair failed
+        stated = out["throughput_ratio_ci_method"].astype(STRING)
+        method = method.mask(~use & stated.str.startswith("unavailable").fillna(False), stated)
     out["throughput_ratio_ci_low"], out["throughput_ratio_ci_high"] = lo, hi
     out["throughput_ratio_ci_method"] = method
-    lat_ok = both_ok & (moe_lat[1] > 0) & (dense_lat[2] > 0)
+    lat_ok = both_ok & (moe_lat[1] > 0) & (moe_lat[2] > 0) & (dense_lat[1] > 0) & (dense_lat[2] > 0)
     out["latency_ratio_ci_low"] = (moe_lat[1] / dense_lat[2]).where(lat_ok)
     out["latency_ratio_ci_high"] = (moe_lat[2] / dense_lat[1]).where(lat_ok)
 

@@ -109,13 +109,18 @@ def test_interleaved_ratio_ci_wins_over_latency_box(tmp_path):
     target = case_id("E2 k1 cf1")
     for row in data:
         if row["case_id"] == target and row["workload"] == "train_step":
-            row.update(throughput_ratio_ci_low=1.10, throughput_ratio_ci_high=1.14)
+            row.update(interleaved_throughput_ratio=1.12, throughput_ratio_ci_low=1.10, throughput_ratio_ci_high=1.14,
+                       throughput_ratio_ci_method="interleaved")
+        if row["case_id"] == target and row["workload"] == "forward":
+            row.update(throughput_ratio_ci_method="unavailable: interleaved pair timeout: no result")
     pd.DataFrame(data).to_csv(tmp_path / "results.csv", index=False)
     p = paired(load(tmp_path))
     row = _row(p, "E2 k1 cf1", "train_step")
-    assert (row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"]) == (1.10, 1.14)
+    assert (row["throughput_ratio_ci_low"], row["throughput_ratio"], row["throughput_ratio_ci_high"]) == (1.10, 1.12, 1.14)
     assert row["throughput_ratio_ci_method"] == "interleaved"
-    assert _row(p, "E2 k1 cf1", "forward")["throughput_ratio_ci_method"] == "latency_ci_bounds"
+    assert _row(p, "E2 k1 cf1", "forward")["throughput_ratio_ci_method"].startswith("unavailable: interleaved pair")
+    assert _row(p, "E2 k2 cf1", "forward")["throughput_ratio_ci_method"] == "latency_ci_bounds"
+    assert (p["latency_ratio_ci_high"].dropna() < float("inf")).all()
 
 
 def test_param_matched_pairing_uses_its_own_baseline(tmp_path):

@@ -186,15 +186,21 @@ def ratio_heatmap(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
     FigureCanvasAgg(fig)
     gs = fig.add_gridspec(len(ks), len(workloads) + 1, width_ratios=[1] * len(workloads) + [0.05])
     cbar_ax = fig.add_subplot(gs[:, -1])
+    colorbar_drawn = False
     for i, k in enumerate(ks):
         for j, workload in enumerate(workloads):
             ax = fig.add_subplot(gs[i, j])
             grid = ratio_grid(pairs, workload, k)
+            if grid.empty:  # this top-k was not run for this workload
+                ax.set_axis_off()
+                ax.set_title(f"{workload}, top-k {k}: not measured")
+                continue
             with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method matplotlib deprecates
                 warnings.simplefilter("ignore", PendingDeprecationWarning)
                 sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap=cmap, norm=norm,
-                            linewidths=0.5, linecolor="white", cbar=i == 0 and j == 0, cbar_ax=cbar_ax,
+                            linewidths=0.5, linecolor="white", cbar=not colorbar_drawn, cbar_ax=cbar_ax,
                             cbar_kws={"label": "MoE / dense throughput"})
+            colorbar_drawn = True
             for (r, c) in zip(*np.nonzero(grid.isna().to_numpy())):
                 ax.text(c + 0.5, r + 0.5, "n/a", ha="center", va="center", color="0.45", fontsize="small")
             ax.grid(False)
