@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
 from harness.models.moe.layer import LOSS_NAMES, MoELayer
@@ -87,11 +86,13 @@ def collect(model: nn.Module) -> tuple[dict, list[dict]]:
     return {name: case[name] for name in CASE_COLUMNS}, rows
 
 
-def last_losses(model: nn.Module) -> dict[str, Tensor]:
-    """Coefficient-free aux losses of the latest forward, mean over MoE layers ({} for dense): what a
-    training workload logs per step. Kept as 0-dim tensors, so logging inside a timed step costs no
-    host synchronisation; convert after timing."""
-    values = [layer.last_losses for _, layer in moe_layers(model) if layer.last_losses]
-    if not values:
+def mean_losses(per_layer: list[dict[str, Tensor]]) -> dict[str, float]:
+    """Coefficient-free aux losses averaged over MoE layers ({} when there are none)."""
+    if not per_layer:
         return {}
-    return {name: torch.stack([v[name].float() for v in values]).mean() for name in LOSS_NAMES}
+    return {name: sum(float(v[name]) for v in per_layer) / len(per_layer) for name in LOSS_NAMES}
+
+
+def last_losses(model: nn.Module) -> dict[str, float]:
+    """The aux losses of the latest forward, mean over MoE layers ({} for dense)."""
+    return mean_losses([layer.last_losses for _, layer in moe_layers(model) if layer.last_losses])
