@@ -68,7 +68,7 @@ COLUMNS: dict[str, str] = {
     "measured_flops_per_token": "forward FLOPs per token counted by torch.utils.flop_counter on the real model (eval mode; includes capacity padding, excludes dropped tokens)",
     "achieved_tflops": "analytic FLOPs per token (training or forward; decode: forward at its mean context length) x tokens/s, in TFLOP/s",
     "peak_tflops": "peak TFLOP/s MFU is measured against (see peak_tflops_source)",
-    "peak_tflops_source": "'suite' (run.peak_tflops), 'datasheet: <gpu> <dtype>' (NVIDIA dense peak), 'calibration_matmul <dtype>' (CPU, measured once per run) or 'unavailable: <reason>'",
+    "peak_tflops_source": "'suite' (run.peak_tflops), 'datasheet: <gpu> <dtype>' (NVIDIA dense peak), 'calibration_matmul <dtype>, <n> threads' (CPU, measured once per run at the workers' thread count) or 'unavailable: <reason>'",
     "mfu": "model FLOPs utilisation: achieved_tflops / peak_tflops",
     "torch_threads": "torch intra-op threads in the worker",
     "interleaved_throughput_ratio": "MoE row, suites with `interleave: true`: MoE tokens/s over its baseline's, timed with alternating steps (A B A B) in one process",

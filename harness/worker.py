@@ -153,7 +153,8 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
         per_token = accounting.forward_flops(case.model, case.moe, seq_len=workload.context_len).total
     context = context or {}
     peak_tflops = utilisation.device_peak(
-        device.type, row["device_name"], case.run.dtype, case.run.peak_tflops, context.get("matmul_tflops")
+        device.type, row["device_name"], case.run.dtype, case.run.peak_tflops, context.get("matmul_tflops"),
+        threads=torch.get_num_threads(),
     )
     row.update(utilisation.utilisation_columns(per_token, row["tokens_per_s"], peak_tflops))
 

@@ -68,9 +68,27 @@ def test_datasheet_peak_picks_tf32_only_when_allowed():
 def test_peak_precedence_suite_then_datasheet_then_calibration():
     assert device_peak("cuda", "NVIDIA L4", "bfloat16", override_tflops=100.0) == Peak(100.0, "suite")
     assert device_peak("cuda", "NVIDIA L4", "bfloat16", tf32=False) == Peak(121.0, "datasheet: L4 bfloat16")
-    assert device_peak("cpu", "cpu", "float32", calibrated={"float32": 0.5}) == Peak(0.5, "calibration_matmul float32")
-    missing = device_peak("cpu", "cpu", "bfloat16", calibrated={"float32": 0.5})
-    assert missing.tflops is None and missing.source.startswith("unavailable:")
+    calibrated = {"float32@2threads": 0.5, "float32@1threads": 0.3}
+    assert device_peak("cpu", "cpu", "float32", calibrated=calibrated, threads=2) == Peak(
+        0.5, "calibration_matmul float32, 2 threads")
+    assert device_peak("cpu", "cpu", "float32", calibrated=calibrated, threads=1).tflops == 0.3
+    for missing in (device_peak("cpu", "cpu", "bfloat16", calibrated=calibrated, threads=2),
+                    device_peak("cpu", "cpu", "float32", calibrated=calibrated, threads=4)):
+        assert missing.tflops is None and missing.source.startswith("unavailable:")
+
+
+def test_calibration_runs_at_each_thread_count_the_cases_use():
+    import torch
+
+    from harness.config import Case, ModelConfig, RunSettings
+    from harness.metrics.baseline import measure_baselines
+
+    before = torch.get_num_threads()
+    cases = [Case(kind="dense", model=ModelConfig(), run=RunSettings(device="cpu", threads=t, measure_energy=False))
+             for t in (1, None)]
+    context = measure_baselines(cases, idle_seconds=0.0)
+    assert set(context["matmul_tflops"]) == {"float32@1threads", f"float32@{before}threads"}
+    assert torch.get_num_threads() == before
 
 
 def test_mfu_arithmetic():

@@ -30,13 +30,13 @@ def measure_baselines(
     idle_seconds: float = IDLE_SECONDS,
     **energy_options: Any,
 ) -> dict[str, Any]:
-    """{'idle': {device_type: idle columns}, 'matmul_tflops': {dtype: TFLOP/s}} for these cases.
+    """{'idle': {device_type: idle columns}, 'matmul_tflops': {'<dtype>@<n>threads': TFLOP/s}} for these cases.
 
     Idle power is measured again on every call (a resumed run gets a fresh one; each row records the
     value it used); the calibration is kept from `previous`, since it belongs to the run's fingerprint.
     """
     from harness.metrics.energy import idle_baseline
-    from harness.metrics.utilisation import calibrate_matmul_tflops
+    from harness.metrics.utilisation import calibrate_matmul_tflops, calibration_key
 
     cases = list(cases)
     types = {device_type(c.run.device) for c in cases}
@@ -46,10 +46,20 @@ def measure_baselines(
             device = "cpu" if kind == "cpu" else _cuda0()
             idle[kind] = idle_baseline(device, idle_seconds, **energy_options)
 
+    import torch
+
+    default_threads = torch.get_num_threads()  # what a worker without run.threads gets on this machine
     matmul = dict((previous or {}).get("matmul_tflops") or {})
-    for dtype in sorted({c.run.dtype for c in cases if device_type(c.run.device) == "cpu" and c.run.peak_tflops is None}):
-        if dtype not in matmul:
-            matmul[dtype] = calibrate_matmul_tflops(dtype, min_time_s=CALIBRATION_SECONDS)
+    wanted = {(c.run.dtype, c.run.threads or default_threads) for c in cases
+              if device_type(c.run.device) == "cpu" and c.run.peak_tflops is None}
+    for dtype, threads in sorted(wanted):
+        key = calibration_key(dtype, threads)
+        if key not in matmul:
+            torch.set_num_threads(threads)
+            try:
+                matmul[key] = calibrate_matmul_tflops(dtype, min_time_s=CALIBRATION_SECONDS)
+            finally:
+                torch.set_num_threads(default_threads)
     return {"idle": idle, "matmul_tflops": matmul}
 
 

@@ -119,6 +119,11 @@ def calibrate_matmul_tflops(
     return 2 * size**3 / best / 1e12
 
 
+def calibration_key(dtype: str, threads: int) -> str:
+    """CPU peaks depend on the thread count as much as on the dtype."""
+    return f"{dtype}@{threads}threads"
+
+
 def device_peak(
     device_type: str,
     device_name: str,
@@ -126,15 +131,18 @@ def device_peak(
     override_tflops: Optional[float] = None,
     calibrated: Optional[dict[str, float]] = None,
     tf32: Optional[bool] = None,
+    threads: int = 1,
 ) -> Peak:
-    """The peak a case's MFU is measured against; `calibrated` maps dtype -> TFLOP/s from the fingerprint."""
+    """The peak a case's MFU is measured against; `calibrated` maps `calibration_key(dtype, threads)` ->
+    TFLOP/s from the fingerprint, measured at the thread count the case runs with."""
     if override_tflops is not None:
         return Peak(float(override_tflops), "suite")
     if device_type == "cuda":
         return datasheet_peak(device_name, dtype, tf32_enabled() if tf32 is None else tf32)
-    if calibrated and calibrated.get(dtype):
-        return Peak(float(calibrated[dtype]), f"calibration_matmul {dtype}")
-    return Peak(None, f"unavailable: no {dtype} calibration matmul in the run fingerprint; set run.peak_tflops")
+    key = calibration_key(dtype, threads)
+    if calibrated and calibrated.get(key):
+        return Peak(float(calibrated[key]), f"calibration_matmul {dtype}, {threads} threads")
+    return Peak(None, f"unavailable: no {key} calibration matmul in the run fingerprint; set run.peak_tflops")
 
 
 def achieved_tflops(flops_per_token: float, tokens_per_s: float) -> float:
