@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+from harness.metrics import nvml
 
 ENV_VARS = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUDA_LAUNCH_BLOCKING",
@@ -48,6 +49,9 @@ def fingerprint() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
+    # NVML, not torch, names the board: torch would create a CUDA context in the runner, holding
+    # memory on GPU 0 and keeping it from idling while idle power is measured
+    board = nvml.device_info(0) if cuda else {}
     info: dict[str, Any] = {
         "harness_version": harness.__version__,
         "git_commit": git_commit(),
@@ -56,9 +60,10 @@ def fingerprint() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "device_name": (board.get("gpu_name") or "unknown CUDA device") if cuda else "cpu",
         "device_count": torch.cuda.device_count() if cuda else 0,
-        "driver": _nvidia_driver() if cuda else None,
+        "driver": board.get("nvidia_driver"),
+        "gpu_power_limit_w": board.get("gpu_power_limit_w"),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -68,20 +73,6 @@ def fingerprint() -> dict[str, Any]:
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
     }
     return info
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-            return version.decode() if isinstance(version, bytes) else version
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - a missing driver library only means we cannot say
-        return None
 
 
 def comparable(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
