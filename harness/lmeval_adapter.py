@@ -58,6 +58,8 @@ class ByteLM(LM):
 
     def __init__(self, model: torch.nn.Module) -> None:
         require_lmeval()
+        if model.config.vocab_size < 256:
+            raise ValueError(f"ByteLM reads UTF-8 bytes: model.vocab_size must be >= 256, got {model.config.vocab_size}")
         super().__init__()
         self.model = model.eval()
         self.window = model.config.seq_len
