@@ -6,6 +6,7 @@ dotted keys and the baselines to derive. Expansion into cases lives in `sweep.py
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import typing
 from pathlib import Path
@@ -49,6 +50,14 @@ class Sweep(BaseModel):
         return groups
 
 
+def _module_exists(name: str) -> bool:
+    """Whether a user's workload module can be found, without importing (and running) it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or the name is malformed
+        return False
+
+
 BUILTIN_WORKLOADS = ("train_step", "forward", "decode", "quality")
 
 
@@ -78,6 +87,9 @@ class Suite(BaseModel):
     @classmethod
     def _known_workloads(cls, names: list[str]) -> list[str]:
         for name in names:
+            module, _, function = name.partition(":")
+            if function and not _module_exists(module):
+                raise ValueError(f"workload {name!r}: no module {module!r} on the Python path")
             if ":" not in name and name not in BUILTIN_WORKLOADS:
                 close = difflib.get_close_matches(name, BUILTIN_WORKLOADS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""

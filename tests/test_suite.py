@@ -143,3 +143,9 @@ def test_float16_training_is_refused(write_suite):
     msg = error_of(write_suite, "name: x\nworkloads: [quality]\nsweep: {grid: {run.dtype: [float32, float16]}}\n")
     assert "run.dtype" in msg
     assert load_suite(write_suite("name: x\nrun: {dtype: float16}\nworkloads: [forward, decode]\n"))
+
+
+def test_custom_workload_module_must_exist(write_suite):
+    msg = error_of(write_suite, "name: x\nworkloads: ['nosuchpkg.faults:raises']\n")
+    assert "workloads" in msg and "no module 'nosuchpkg.faults'" in msg
+    assert load_suite(write_suite("name: x\nworkloads: ['tests.faults:raises']\n"))
