@@ -5,12 +5,14 @@
 # Writes $OUT/compare.md (for a PR or issue comment) and $OUT/compare.json beside the run.
 #   BASELINE  baseline file or run folder (default baselines/nightly-cpu.json)
 #   OUT       run folder (default reports/nightly-<UTC timestamp>)
-#   THRESHOLD relative change that counts (default 0.10); ALPHA significance level (default 0.01)
+#   THRESHOLD relative change that counts (default 0.25: two back-to-back runs of identical code on an
+#             idle 2-core VM differed by up to 17% in a 3 ms forward step and 16% in CPU peak RSS, a drift
+#             between processes that no within-run test sees); ALPHA significance level (default 0.01)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASELINE=${BASELINE:-baselines/nightly-cpu.json}
 OUT=${OUT:-reports/nightly-$(date -u +%Y%m%d-%H%M%S)}
-THRESHOLD=${THRESHOLD:-0.10}
+THRESHOLD=${THRESHOLD:-0.25}
 ALPHA=${ALPHA:-0.01}
 PYTHON=${PYTHON:-python}
 
