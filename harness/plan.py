@@ -1,8 +1,8 @@
 """`python -m harness plan SUITE_OR_PRESET`: parameters, FLOPs and memory of every case, from configs alone.
 
 Nothing is allocated, so it answers in seconds for hundred-billion-parameter models. A suite is expanded
-exactly as `run` would (MoE cases and their derived dense baselines); a preset name plans that model
-and its dense peer, if the preset names one.
+exactly as `run` would (MoE cases and their derived dense baselines); a preset name plans that model,
+for an MoE its FLOP- and param-matched dense baselines, and its published dense peer, if it names one.
 """
 from __future__ import annotations
 
@@ -109,7 +109,13 @@ def _preset_case(name: str, overrides: tuple[str, ...]) -> Case:
 
 
 def _preset_rows(name: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
-    rows = [_row(_preset_case(name, overrides), name)]
+    """The preset, for an MoE preset the dense models `run` would derive for it, and its published peer."""
+    case = _preset_case(name, overrides)
+    rows = [_row(case, name)]
+    if case.moe is not None:
+        for rule in ("flop_matched", "param_matched"):
+            dense = Case(kind="dense", model=accounting.matched_dense(case.model, case.moe, rule), run=case.run, baseline=rule)
+            rows.append(_row(dense, f"{name} {rule.replace('_', '-')} dense", matched_to=case))
     peer = presets.info(name).dense_peer
     if peer is not None:
         rows.append(_row(_preset_case(peer, overrides), f"{peer} (dense peer)"))

@@ -95,12 +95,19 @@ def test_plan_preset_is_fast_and_allocates_nothing(monkeypatch):
     start = time.perf_counter()
     rows = plan_rows("mixtral-8x22b") + plan_rows("mixtral-8x7b")
     assert time.perf_counter() - start < 5
-    assert [r["name"] for r in rows] == ["mixtral-8x22b", "mixtral-8x7b", "mistral-7b (dense peer)"]
+    assert [r["name"] for r in rows] == [
+        "mixtral-8x22b", "mixtral-8x22b flop-matched dense", "mixtral-8x22b param-matched dense",
+        "mixtral-8x7b", "mixtral-8x7b flop-matched dense", "mixtral-8x7b param-matched dense", "mistral-7b (dense peer)",
+    ]
     assert rows[0]["params_total"] > 140e9
+    moe, flop, param = rows[3:6]
+    assert flop["matched_to"] == param["matched_to"] == moe["case_id"]
+    assert abs(flop["gflops_per_token"] - moe["gflops_per_token"]) / moe["gflops_per_token"] < 0.01
+    assert abs(param["params_total"] - moe["params_total"]) / moe["params_total"] < 0.01
 
 
 def test_plan_preset_memory_and_overrides():
-    (moe_row, dense_row) = plan_rows("mixtral-8x7b", ("run.batch_size=1", "model.seq_len=4096", "moe.top_k=1"))
+    (moe_row, _, _, dense_row) = plan_rows("mixtral-8x7b", ("run.batch_size=1", "model.seq_len=4096", "moe.top_k=1"))
     assert moe_row["seq_len"] == dense_row["seq_len"] == 4096 and moe_row["top_k"] == 1
     model, moe = _configs("mixtral-8x7b")
     weights = 2 * accounting.param_counts(model, moe).total
@@ -113,10 +120,11 @@ def test_plan_cli_formats(tmp_path, capsys):
     assert cli_main(["plan", "olmoe-1b-7b", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["params_active"] == accounting.param_counts(*_configs("olmoe-1b-7b")).active
-    assert rows[1]["name"] == "olmo-1b (dense peer)"
+    assert [r["name"] for r in rows[1:]] == ["olmoe-1b-7b flop-matched dense", "olmoe-1b-7b param-matched dense",
+                                             "olmo-1b (dense peer)"]
     assert cli_main(["plan", "qwen1.5-moe-a2.7b", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("case_id,name,kind") and len(lines) == 2
+    assert lines[0].startswith("case_id,name,kind") and len(lines) == 4  # header, MoE, two derived baselines
     assert cli_main(["plan", "mixtral-8x7b"]) == 0
     assert "mistral-7b (dense peer)" in capsys.readouterr().out
     assert cli_main(["plan", "no-such-thing"]) == 2
