@@ -193,3 +193,11 @@ def test_heatmap_survives_a_top_k_missing_from_one_workload(tmp_path):
     assert plot.figure is not None and plot.missing is None
     titles = [ax.get_title() for ax in plot.figure.axes]
     assert "forward, top-k 2: not measured" in titles and "train_step, top-k 2" in titles
+
+
+def test_report_lists_routing_per_layer(report):
+    run, html = report
+    layers = pd.read_csv(run / "routing_layers.csv")
+    assert 'id="layers"' in html and f"{len(layers)} layer rows" in html
+    section = html[html.index('id="layers"'):html.index('id="run"')]
+    assert section.count("<tr") == len(layers) + 1  # header + one row per layer

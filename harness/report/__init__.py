@@ -13,7 +13,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from harness import __version__
-from harness.analysis import RunError, coverage, load, load_run_info, paired
+from harness.analysis import RunError, coverage, load, load_routing_layers, load_run_info, paired
 
 MEASURED_METRICS = [
     ("tokens_per_s", "Throughput"), ("latency_ms_ci_low", "Latency confidence interval"),
@@ -76,6 +76,7 @@ def write_report(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> P
         "missing": missing_metrics(df),
         "failures": tables.failures(df),
         "results": tables.all_results(df),
+        "layers": tables.routing_layers(load_routing_layers(run_dir), df),
         "run_items": _run_items(info, run_dir),
         "fingerprint": [(str(k), str(v)) for k, v in (info.get("fingerprint") or {}).items()],
         "suite_yaml": str(info.get("suite_yaml") or ""),

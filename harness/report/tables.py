@@ -216,3 +216,30 @@ def all_results(df: pd.DataFrame) -> Table:
         )
         table.row_classes.append("")
     return table
+
+
+LAYER_COLUMNS = [
+    ("dropped_fraction", "Dropped"), ("load_cv", "Load CV"), ("max_mean_load", "Max/mean load"),
+    ("experts_unused", "Unused experts"), ("router_entropy", "Router entropy"),
+    ("realized_capacity_factor", "Realised capacity"), ("aux_loss", "Aux loss"),
+]
+
+
+def routing_layers(layers: pd.DataFrame | None, df: pd.DataFrame) -> Table:
+    """Routing statistics of every MoE layer, where the per-case averages can hide one bad layer."""
+    shown = [(c, h) for c, h in LAYER_COLUMNS if layers is not None and c in layers.columns]
+    table = Table(["Configuration", "Workload", "Layer"] + [h for _, h in shown] + ["Tokens per expert"])
+    if layers is None or layers.empty:
+        return table
+    rows = df.set_index(["case_id", "workload"])
+    extras = varying(df)
+    for _, layer in layers.sort_values(["case_id", "workload", "layer"]).iterrows():
+        key = (layer["case_id"], layer["workload"])
+        label = config_label(rows.loc[key], extras) if key in rows.index else text(layer["case_id"])
+        table.rows.append(
+            [Cell(label), Cell(text(layer["workload"])), fmt(layer["layer"])]
+            + [fmt(layer.get(c)) for c, _ in shown]
+            + [Cell(text(layer.get("tokens_per_expert")))]
+        )
+        table.row_classes.append("")
+    return table
