@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="combine shard outputs of one suite into one run")
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("--out", required=True)
+    p.add_argument("--allow-partial", action="store_true", help="merge even when shards are missing or unfinished")
     return parser
 
 

@@ -13,7 +13,27 @@ from harness.store import RunStore, read_jsonl
 from harness.suite import SuiteError
 
 
-def merge(dirs: list[Path], out: Path) -> RunStore:
+def incomplete(metas: list[dict]) -> list[str]:
+    """Why these runs do not add up to one whole run: missing shards, or a shard that did not finish."""
+    problems = []
+    shards = [tuple(m["shard"]) for m in metas if m.get("shard")]
+    if shards:
+        counts = {n for _, n in shards}
+        if len(counts) > 1:
+            problems.append(f"shards of different splits ({', '.join(f'{i}/{n}' for i, n in shards)})")
+        else:
+            n = counts.pop()
+            missing = sorted(set(range(1, n + 1)) - {i for i, _ in shards})
+            if missing:
+                problems.append(f"shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing")
+    for m in metas:
+        if not m.get("finished") or m.get("interrupted"):
+            where = f"shard {m['shard'][0]}/{m['shard'][1]}" if m.get("shard") else "a run"
+            problems.append(f"{where} did not finish (resume it first)")
+    return problems
+
+
+def merge(dirs: list[Path], out: Path, allow_partial: bool = False) -> RunStore:
     for d in dirs:
         if not (Path(d) / "run.json").is_file():
             raise SuiteError(f"merge: {d} has no run.json; not a run folder")
@@ -26,6 +46,9 @@ def merge(dirs: list[Path], out: Path) -> RunStore:
         differs = comparable(first["fingerprint"], meta["fingerprint"])
         if differs:
             raise SuiteError(f"merge: {store.root} ran on a different environment ({', '.join(differs)} differ); refusing to mix")
+    problems = incomplete(metas)
+    if problems and not allow_partial:
+        raise SuiteError(f"merge: the runs are not one whole run: {'; '.join(problems)} (--allow-partial to merge anyway)")
     target = RunStore(out)
     if target.journal.exists():
         raise SuiteError(f"merge: --out {out} already holds a run")
@@ -34,6 +57,7 @@ def merge(dirs: list[Path], out: Path) -> RunStore:
         **first,
         "shard": None,
         "merged_from": [str(d) for d in dirs],
+        "incomplete": problems or None,
         "started": min(m["started"] for m in metas),
         "finished": max((m.get("finished") or "") for m in metas) or None,
     }
@@ -46,6 +70,6 @@ def merge(dirs: list[Path], out: Path) -> RunStore:
 
 
 def main(args: argparse.Namespace) -> int:
-    target = merge([Path(d) for d in args.dirs], Path(args.out))
+    target = merge([Path(d) for d in args.dirs], Path(args.out), allow_partial=args.allow_partial)
     print(f"merged {len(args.dirs)} runs into {target.root} ({len(target.rows())} rows)")
     return 0

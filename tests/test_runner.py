@@ -205,12 +205,13 @@ def test_shards_partition_the_cases():
     assert all(in_shard(c.id, (1, 1)) for c in expansion)
 
 
-def _fake_run(root: Path, suite_name: str, rows: list[dict]) -> Path:
+def _fake_run(root: Path, suite_name: str, rows: list[dict], shard=None, finished="2026-01-01T00:01:00") -> Path:
     store = RunStore(root)
     store.write_meta({
+        "shard": shard,
         "suite": build_suite({"name": suite_name}).model_dump(mode="json"),
         "fingerprint": {"device_name": "cpu", "torch": "x", "cpu_model": "y", "threads": 2},
-        "started": "2026-01-01T00:00:00", "finished": "2026-01-01T00:01:00",
+        "started": "2026-01-01T00:00:00", "finished": finished,
     })
     for row in rows:
         store.append(row)
@@ -307,3 +308,14 @@ def main_raising(argv):
     from harness.runner import main as run_main
 
     return run_main(build_parser().parse_args(argv))
+
+
+def test_merge_refuses_missing_or_unfinished_shards(tmp_path):
+    row = {"case_id": "1", "workload": "forward", "status": "ok", "kind": "moe"}
+    one = _fake_run(tmp_path / "1", "s", [row], shard=[1, 3])
+    two = _fake_run(tmp_path / "2", "s", [{**row, "case_id": "2"}], shard=[2, 3], finished=None)
+    with pytest.raises(SuiteError, match=r"shard\(s\) 3/3 missing.*shard 2/3 did not finish"):
+        merge([one, two], tmp_path / "m")
+    merged = merge([one, two], tmp_path / "m", allow_partial=True)
+    assert json.loads((merged.root / "run.json").read_text())["incomplete"]
+    assert len(merged.rows()) == 2
