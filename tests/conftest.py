@@ -25,3 +25,15 @@ def write_suite(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: extra intra-op threads only add synchronisation, which on a busy 2-core machine
+    costs orders of magnitude more than the work. Restores torch's thread count afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,14 +16,7 @@ from harness.models.transformer import build_model
 WINDOW = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: extra intra-op threads only add synchronisation, which on a busy
-    2-core machine costs orders of magnitude more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(moe: MoEConfig | None = None) -> torch.nn.Module:

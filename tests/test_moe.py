@@ -11,13 +11,7 @@ from harness.models.moe.layer import MoELayer
 MODEL = ModelConfig(d_model=32, d_ff=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, which is very slow on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(model=MODEL, seed=0, **moe):

@@ -21,14 +21,7 @@ from harness.workloads.quality import validation_loss, warmup_factor
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: extra intra-op threads only add synchronisation, which on a busy
-    2-core machine costs orders of magnitude more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, seq_len=32)
 TOP1 = MoEConfig(num_experts=2, top_k=1, capacity_factor=1.0, impl="loop")
 
