@@ -319,3 +319,18 @@ def test_merge_refuses_missing_or_unfinished_shards(tmp_path):
     merged = merge([one, two], tmp_path / "m", allow_partial=True)
     assert json.loads((merged.root / "run.json").read_text())["incomplete"]
     assert len(merged.rows()) == 2
+
+
+def test_summary_pairs_by_the_rule_the_suite_used():
+    from harness.analysis import load
+    from harness.summary import ratios
+    from tests.report_fixtures import make_run
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        df = load(make_run(Path(tmp) / "r"))
+    table = ratios(df)
+    moe = df[df["kind"] == "moe"]
+    assert len(table) == len(moe) and set(table["baseline"].dropna()) == {"flop_matched"}
+    assert ratios(df[df["kind"] == "dense"]).empty  # a dense-only shard prints nothing, and does not crash
