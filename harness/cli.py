@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MESSAGE = 2000
+
+
+def one_line(message: str) -> str:
+    """A user-facing error as one bounded line, whatever its source put in it."""
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -105,6 +114,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return merge_main(args)
     except SuiteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # a path the user gave (or its disk) is unusable: not a file, read-only, full, name too long
+        print(f"error: {one_line(f'{exc.filename}: {exc.strerror or exc}')}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command}")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 Activation = Literal["gelu", "swiglu"]
 Norm = Literal["layernorm", "rmsnorm"]
@@ -21,10 +21,24 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 BaselineKind = Literal["flop_matched", "param_matched"]
 CorpusName = Literal["pydoc", "kjv"]
+BYTE_VOCAB = 256  # the quality corpora and the lm-eval adapter read UTF-8 bytes
+
+INT64_MAX = 2**63 - 1
+# Strict: a value is used as written or refused, never converted (`true` is not 1, "64" is not 64,
+# 2.0 is not 2); NaN and infinity are refused in every float field.
+StrictConfig = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = StrictConfig
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int64(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every integer lands in an int64 column of results.parquet."""
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX <= value <= INT64_MAX:
+            raise ValueError(f"{value} is out of range (at most 2^63 - 1)")
+        return value
 
 
 class ModelConfig(_Frozen):
@@ -62,6 +76,8 @@ class ModelConfig(_Frozen):
             )
         if self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
+        if self.positional == "rope" and self.head_size % 2:
+            raise ValueError(f"positional: rope needs an even head size, got {self.head_size}")
         return self
 
 
@@ -99,6 +115,10 @@ class MoEConfig(_Frozen):
             raise ValueError(f"top_k ({self.top_k}) must not exceed num_experts ({self.num_experts})")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ValueError(f"capacity_factor must be > 0 or null (dropless), got {self.capacity_factor}")
+        if self.router == "switch" and self.k != 1:
+            raise ValueError(f"router: switch is top-1; got top_k x granularity = {self.k}")
+        if self.router == "expert_choice" and self.routing_mode != "learned":
+            raise ValueError("router: expert_choice is balanced by construction; routing_mode must be 'learned'")
         return self
 
     @property
@@ -127,21 +147,21 @@ class RunSettings(_Frozen):
     batch_size: PositiveInt = Field(default=4, description="sequences per step")
     dtype: Dtype = Field(default="float32", description="float32, bfloat16 or float16")
     device: Device = Field(default="auto", description="auto (CUDA when present), cpu or cuda")
-    seed: int = Field(default=0, description="seed of weights and data")
+    seed: int = Field(default=0, ge=0, description="seed of weights and data")
     warmup: int = Field(default=2, ge=0, description="minimum untimed steps; warmup goes on until timings settle (at most 20)")
     repeats: PositiveInt = Field(default=5, description="minimum timed repeats")
-    min_time_s: float = Field(default=0.0, ge=0, description="keep repeating until this much time was measured")
-    timeout_s: float = Field(default=600.0, gt=0, description="per (case, workload) limit; past it the row is 'timeout'")
+    min_time_s: float = Field(default=0.0, ge=0, le=3600, description="keep repeating until this much time was measured (at most 1,000 repeats)")
+    timeout_s: float = Field(default=600.0, gt=0, le=7 * 86400, description="per (case, workload) limit; past it the row is 'timeout'")
     memory_limit_mb: Optional[PositiveInt] = Field(
-        default=None, description="cap the worker's memory so a runaway case fails as 'oom' instead of taking the machine"
+        default=None, le=2**40, description="cap the worker's memory so a runaway case fails as 'oom' instead of taking the machine"
     )
     threads: Optional[PositiveInt] = Field(
-        default=None, description="torch intra-op threads in each worker (default: torch's choice, usually the core count)"
+        default=None, le=4096, description="torch intra-op threads in each worker (default: torch's choice, usually the core count)"
     )
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate")
     measure_energy: bool = Field(default=True, description="run a separate energy pass after timing (NVML on GPU, RAPL on CPU)")
-    energy_window_s: float = Field(default=1.0, gt=0, description="minimum energy window; the step repeats inside it")
-    cooldown_s: float = Field(default=0.0, ge=0, description="idle seconds before each case, for thermally comparable starts")
+    energy_window_s: float = Field(default=1.0, gt=0, le=3600, description="minimum energy window; the step repeats inside it")
+    cooldown_s: float = Field(default=0.0, ge=0, le=3600, description="idle seconds before each case, for thermally comparable starts")
     peak_tflops: Optional[float] = Field(default=None, gt=0, description="peak TFLOP/s for MFU; default: datasheet (GPU) or calibration (CPU)")
     decode_tokens: PositiveInt = Field(default=16, description="tokens the decode workload generates per sequence after prefilling the rest of model.seq_len")
     quality_steps: PositiveInt = Field(default=200, description="training steps of the quality workload before it evaluates (timed steps count)")

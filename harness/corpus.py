@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 
-BYTE_VOCAB = 256
+from harness.config import BYTE_VOCAB
 VAL_FRACTION = 0.1
 KJV_HELD_OUT_BOOKS = ("Matthew", "Mark", "Luke", "John")
 

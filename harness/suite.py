@@ -5,17 +5,22 @@ dotted keys and the baselines to derive. Expansion into cases lives in `sweep.py
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import json
+import math
+import reprlib
+import sys
 import typing
+from importlib.machinery import ModuleSpec
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
 
-from harness.config import BaselineKind, ModelConfig, MoEConfig, RunSettings
+from harness import safe_yaml
+from harness.config import BYTE_VOCAB, BaselineKind, Case, ModelConfig, MoEConfig, RunSettings, StrictConfig
 
 
 class SuiteError(Exception):
@@ -23,7 +28,7 @@ class SuiteError(Exception):
 
 
 class Sweep(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = StrictConfig
 
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="cartesian product over dotted keys")
     zip: list[dict[str, list[Any]]] = Field(
@@ -45,26 +50,92 @@ class Sweep(BaseModel):
             lengths = {key: len(values) for key, values in group.items()}
             if len(set(lengths.values())) > 1:
                 raise ValueError(f"zip group lists must have equal lengths, got {lengths}")
-            if 0 in lengths.values():
+            if 0 in lengths.values() or not group:
                 raise ValueError("zip group has an empty list")
         return groups
 
 
-def _module_exists(name: str) -> bool:
-    """Whether a user's workload module can be found, without importing (and running) it."""
+def find_module(name: str) -> Optional[ModuleSpec]:
+    """Where `name` would be imported from, without importing (running) it or its parent packages.
+
+    `importlib.util.find_spec("pkg.mod")` imports `pkg` to read its `__path__`; here the parent's
+    spec gives the search locations instead, and each finder is asked as the import system would.
+    """
+    if name in sys.modules:
+        return getattr(sys.modules[name], "__spec__", None)
+    parent, _, _ = name.rpartition(".")
+    if not parent:
+        return importlib.util.find_spec(name)
+    parent_spec = find_module(parent)
+    if parent_spec is None or parent_spec.submodule_search_locations is None:
+        return None
+    locations = list(parent_spec.submodule_search_locations)
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        spec = find_spec(name, locations) if find_spec else None
+        if spec is not None:
+            return spec
+    return None
+
+
+def _defines(spec: ModuleSpec, attr: str) -> Optional[bool]:
+    """Whether the module's source defines `attr` at top level (read, not run); None when it cannot
+    tell (no Python source, a star import or a module `__getattr__`)."""
+    origin = spec.origin
+    if not origin or not origin.endswith(".py"):
+        return None
     try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a parent package is missing, or the name is malformed
-        return False
+        tree = ast.parse(Path(origin).read_bytes(), filename=origin)
+    except OSError:
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        else:
+            for child in ast.walk(node):
+                if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                    names.add(child.id)
+    return None if "__getattr__" in names else attr in names
+
+
+def custom_workload_problem(name: str) -> Optional[str]:
+    """Why `package.module:function` cannot be a workload, found without importing the module."""
+    module, _, function = name.partition(":")
+    if not all(part.isidentifier() for part in module.split(".")) or not function.isidentifier():
+        return f"workload {name!r}: expected 'package.module:function' (dotted Python names)"
+    try:
+        spec = find_module(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return f"workload {name!r}: no module {module!r} on the Python path"
+    try:
+        defined = _defines(spec, function)
+    except SyntaxError as exc:
+        return f"workload {name!r}: {spec.origin} line {exc.lineno}: syntax error ({exc.msg})"
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return f"workload {name!r}: cannot read {spec.origin} ({type(exc).__name__})"
+    if defined is False:
+        return f"workload {name!r}: module {module!r} defines no {function!r}"
+    return None
 
 
 BUILTIN_WORKLOADS = ("train_step", "forward", "decode", "quality")
 
 
-class Suite(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+DEFAULT_MAX_CASES = 1000
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="used in output folder names")
+
+class Suite(BaseModel):
+    model_config = StrictConfig
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100, description="used in output folder names")
     description: str = Field(default="", description="free text, shown (escaped) in the report")
     model: ModelConfig = Field(default=ModelConfig(), description="the base model; `preset: NAME` starts from a published one")
     moe: MoEConfig = Field(default=MoEConfig(), description="the MoE layer of every MoE case")
@@ -81,16 +152,20 @@ class Suite(BaseModel):
     interleave: bool = Field(
         default=False, description="also time each MoE case against its baseline with alternating steps in one process, for a ratio with its own CI"
     )
-
+    max_cases: PositiveInt = Field(
+        default=DEFAULT_MAX_CASES,
+        description="refuse the suite when its sweep points x (1 + baselines) exceed this, counted before anything is expanded; raise it deliberately for a big sweep",
+    )
 
     @field_validator("workloads")
     @classmethod
     def _known_workloads(cls, names: list[str]) -> list[str]:
         for name in names:
-            module, _, function = name.partition(":")
-            if function and not _module_exists(module):
-                raise ValueError(f"workload {name!r}: no module {module!r} on the Python path")
-            if ":" not in name and name not in BUILTIN_WORKLOADS:
+            if ":" in name:
+                problem = custom_workload_problem(name)
+                if problem:
+                    raise ValueError(problem)
+            elif name not in BUILTIN_WORKLOADS:
                 close = difflib.get_close_matches(name, BUILTIN_WORKLOADS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"unknown workload {name!r} (known: {', '.join(BUILTIN_WORKLOADS)}){hint}")
@@ -122,9 +197,23 @@ def _valid_names(loc: tuple[Any, ...]) -> list[str]:
     return list(cls.model_fields) if cls else []
 
 
+def _bounded_repr() -> reprlib.Repr:
+    """repr that stops after a few items and characters, so a huge or shared structure prints small."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxset, short.maxtuple = 2, 4, 4, 4, 4
+    short.maxstring, short.maxother, short.maxlong = 60, 60, 40
+    return short
+
+
+_short = _bounded_repr()
+MAX_ERRORS = 3
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line: the first few problems, each naming its dotted key, inputs shown in bounded form."""
     lines = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:MAX_ERRORS]:
         loc = tuple(e["loc"])
         where = ".".join(str(p) for p in loc)
         path = f"{prefix}{where}: " if where else prefix or "(top level): "
@@ -135,18 +224,17 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             lines.append(f"{path}unknown key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}{msg}" if e["type"] == "value_error" else f"{path}{msg} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            lines.append(f"{path}{msg}" if e["type"] == "value_error" else f"{path}{msg} (got {_short.repr(e.get('input'))})")
+    if len(errors) > MAX_ERRORS:
+        lines.append(f"and {len(errors) - MAX_ERRORS} more")
+    return "; ".join(lines)
 
 
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SuiteError(f"{source}: malformed YAML at {where}{problem}") from None
+        data = safe_yaml.loads(text)
+    except safe_yaml.YamlError as exc:
+        raise SuiteError(f"{source}: {exc}") from None
     if data is None:
         raise SuiteError(f"{source}: the file is empty")
     if not isinstance(data, dict):
@@ -161,15 +249,17 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if not sep or not key:
         raise SuiteError(f"--set {assignment!r}: expected KEY=VALUE, e.g. model.d_model=128")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    grid = (data.get("sweep") or {}).get("grid") or {}
+        value = safe_yaml.loads(raw) if raw.strip() else None
+    except safe_yaml.YamlError as exc:
+        raise SuiteError(f"--set {key}: the value is not valid YAML ({exc}); quote it to pass text") from None
+    sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
+    grid = sweep.get("grid") if isinstance(sweep.get("grid"), dict) else {}
     if key in grid:
         grid[key] = [value]
         return
-    for group in (data.get("sweep") or {}).get("zip") or []:
-        if key in group:
+    groups = sweep.get("zip") if isinstance(sweep.get("zip"), list) else []
+    for group in groups:
+        if isinstance(group, dict) and key in group:
             raise SuiteError(f"--set {key}: this key is in a sweep zip group; edit the suite instead")
     parts = key.split(".")
     node = data
@@ -191,13 +281,16 @@ def _resolve_preset(data: dict[str, Any]) -> None:
     from harness import presets
 
     name = model.pop("preset")
+    if not isinstance(name, str):
+        raise SuiteError(f"model.preset: expected a preset name, got {_short.repr(name)}; known: {', '.join(presets.names())}")
     try:
         preset = presets.resolve(name)
     except KeyError as exc:
         raise SuiteError(f"model.preset: {exc.args[0]}") from None
     data["model"] = {**preset["model"], **model}
-    if "moe" in preset:
-        data["moe"] = {**preset["moe"], **(data.get("moe") or {})}
+    moe = data.get("moe")
+    if "moe" in preset and (moe is None or isinstance(moe, dict)):
+        data["moe"] = {**preset["moe"], **(moe or {})}
 
 
 def _check_sweep_keys(suite: Suite) -> None:
@@ -219,10 +312,10 @@ def _check_sweep_keys(suite: Suite) -> None:
             raise SuiteError(f"sweep.{key}: unknown key{hint}")
 
 
-def _values(suite: Suite, key: str, base: Any) -> set[Any]:
+def _values(suite: Suite, key: str, base: Any) -> list[Any]:
     """Every value a key takes across the sweep (grid and zip groups), or its base value."""
     swept = list(suite.sweep.grid.get(key, [])) + [v for group in suite.sweep.zip for v in group.get(key, [])]
-    return set(swept) if swept else {base}
+    return swept or [base]
 
 
 TRAINING_WORKLOADS = ("train_step", "quality")
@@ -245,6 +338,42 @@ def _check_device(suite: Suite) -> None:
             raise SuiteError("run.device: 'cuda' requested but no CUDA GPU is available (use 'auto' or 'cpu')")
 
 
+def sweep_size(suite: Suite) -> int:
+    """How many sweep points the suite has, counted without building them."""
+    return math.prod(len(values) for values in suite.sweep.grid.values()) * math.prod(
+        len(next(iter(group.values()))) for group in suite.sweep.zip
+    )
+
+
+def _check_size(suite: Suite) -> None:
+    points = sweep_size(suite)
+    bound = points * (1 + len(suite.baselines))
+    if bound > suite.max_cases:
+        raise SuiteError(
+            f"sweep: {points:,} sweep points x (1 + {len(suite.baselines)} baselines) = up to {bound:,} cases, over "
+            f"max_cases ({suite.max_cases:,}); shrink the sweep or set max_cases (e.g. --set max_cases={bound})"
+        )
+
+
+def workload_problem(case: Case, workload: str) -> Optional[str]:
+    """Why a built-in workload cannot run this case (naming the key), or None. The workloads refuse
+    the same at run time, so a suite that loads never fails on these in a worker."""
+    if workload == "decode":
+        if case.moe is not None and case.moe.router == "expert_choice":
+            return (
+                "moe.router: expert_choice picks tokens across the whole batch and sequence, so it cannot decode one "
+                "token at a time (it is not causal); use a token-choice router for the decode workload"
+            )
+        if case.run.decode_tokens >= case.model.seq_len:
+            return f"run.decode_tokens ({case.run.decode_tokens}) must be smaller than model.seq_len ({case.model.seq_len}) for the decode workload"
+    if workload == "quality" and case.model.vocab_size < BYTE_VOCAB:
+        return (
+            f"model.vocab_size ({case.model.vocab_size}) is smaller than the quality corpus's {BYTE_VOCAB} byte values; "
+            f"set model.vocab_size >= {BYTE_VOCAB} for the quality workload"
+        )
+    return None
+
+
 def build_suite(data: dict[str, Any], source: str = "suite", overrides: tuple[str, ...] = ()) -> Suite:
     for assignment in overrides:
         apply_override(data, assignment)
@@ -254,6 +383,7 @@ def build_suite(data: dict[str, Any], source: str = "suite", overrides: tuple[st
     except ValidationError as err:
         raise SuiteError(format_validation_error(err, prefix=f"{source}: ")) from None
     _check_sweep_keys(suite)
+    _check_size(suite)
     _check_dtype(suite)
     _check_device(suite)
     return suite
@@ -262,7 +392,9 @@ def build_suite(data: dict[str, Any], source: str = "suite", overrides: tuple[st
 def load_suite(path: str | Path, overrides: tuple[str, ...] = ()) -> Suite:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = safe_yaml.read_text(path)
+    except safe_yaml.YamlError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read suite ({exc.strerror})") from None
     return build_suite(parse_yaml(text, str(path)), source=str(path), overrides=overrides)

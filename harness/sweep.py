@@ -13,8 +13,8 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from harness import accounting
-from harness.config import Case
-from harness.suite import Suite, SuiteError, format_validation_error
+from harness.config import INT64_MAX, Case
+from harness.suite import Suite, SuiteError, format_validation_error, workload_problem
 
 
 @dataclass
@@ -55,6 +55,23 @@ def sweep_points(suite: Suite) -> list[dict[str, Any]]:
     return points
 
 
+def _where(suite: Suite, point: dict[str, Any]) -> str:
+    where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+    return f"sweep point ({where}): " if point else f"suite '{suite.name}': "
+
+
+def _check_case(suite: Suite, point: dict[str, Any], case: Case) -> None:
+    """What the run would fail on for this case: a workload it cannot run, or a size past int64."""
+    what = "" if case.kind == "moe" else f"its {case.baseline} baseline: "
+    for workload in suite.workloads:
+        problem = workload_problem(case, workload)
+        if problem:
+            raise SuiteError(f"{_where(suite, point)}{what}{problem}")
+    for key, value in accounting.summary(case.model, case.moe).items():
+        if abs(value) > INT64_MAX:
+            raise SuiteError(f"{_where(suite, point)}{what}{key} ({value:.3g}) does not fit a 64-bit integer; the model is too large")
+
+
 def _moe_case(suite: Suite, point: dict[str, Any]) -> Case:
     base = {
         "kind": "moe",
@@ -69,9 +86,7 @@ def _moe_case(suite: Suite, point: dict[str, Any]) -> Case:
     try:
         return Case.model_validate(data)
     except ValidationError as err:
-        where = ", ".join(f"{k}={v!r}" for k, v in point.items())
-        prefix = f"sweep point ({where}): " if point else f"suite '{suite.name}': "
-        raise SuiteError(format_validation_error(err, prefix=prefix)) from None
+        raise SuiteError(format_validation_error(err, prefix=_where(suite, point))) from None
 
 
 def expand(suite: Suite) -> Expansion:
@@ -87,6 +102,7 @@ def expand(suite: Suite) -> Expansion:
         case = _moe_case(suite, point)
         if case.id in seen:
             continue
+        _check_case(suite, point, case)
         add(case)
         out.baseline_of[case.id] = {}
         for rule in suite.baselines:
@@ -96,6 +112,7 @@ def expand(suite: Suite) -> Expansion:
                 run=case.run,
                 baseline=rule,
             )
+            _check_case(suite, point, dense)
             add(dense)
             out.baseline_of[case.id][rule] = dense.id
             out.serves.setdefault(dense.id, []).append(case.id)

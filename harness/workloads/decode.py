@@ -9,19 +9,16 @@ from __future__ import annotations
 import torch
 
 from harness.config import Case
+from harness.suite import workload_problem
 from harness.workloads import Workload, sample_tokens
 
 
 def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
-    if case.moe is not None and case.moe.router == "expert_choice":
-        raise ValueError(
-            "expert_choice routing picks tokens across the whole batch and sequence, so it cannot decode "
-            "one token at a time (it is not causal); use a token-choice router for the decode workload"
-        )
+    problem = workload_problem(case, "decode")  # refused when the suite loads; this guards direct callers
+    if problem:
+        raise ValueError(problem)
     new_tokens = case.run.decode_tokens
     prompt_len = case.model.seq_len - new_tokens
-    if prompt_len < 1:
-        raise ValueError(f"run.decode_tokens ({new_tokens}) must be smaller than model.seq_len ({case.model.seq_len})")
     model.eval()
     dtype = next(model.parameters()).dtype
     caches = model.make_caches(case.run.batch_size, device, dtype)
