@@ -1,7 +1,7 @@
 """Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge} ...`.
 
 Each command's work lives in its own module; this file only parses arguments and maps
-user-fixable errors (SuiteError) to one message and exit code 2.
+user-fixable errors (UserError) to one message and exit code 2.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from harness.suite import SuiteError
+from harness.errors import UserError
 
 
 def _add_suite_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -113,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.merge import main as merge_main
 
             return merge_main(args)
-    except SuiteError as exc:
+    except UserError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from harness.environment import comparable
+from harness.lock import RunLock, note_takeover
 from harness.store import RunStore, read_jsonl
 from harness.suite import SuiteError
 
@@ -49,23 +50,25 @@ def merge(dirs: list[Path], out: Path, allow_partial: bool = False) -> RunStore:
     problems = incomplete(metas)
     if problems and not allow_partial:
         raise SuiteError(f"merge: the runs are not one whole run: {'; '.join(problems)} (--allow-partial to merge anyway)")
-    target = RunStore(out)
-    if target.journal.exists():
-        raise SuiteError(f"merge: --out {out} already holds a run")
-    rows = [r for s in stores for r in s.rows()]
-    merged = {
-        **first,
-        "shard": None,
-        "merged_from": [str(d) for d in dirs],
-        "incomplete": problems or None,
-        "started": min(m["started"] for m in metas),
-        "finished": max((m.get("finished") or "") for m in metas) or None,
-    }
-    target.write_meta(merged)
-    for name in ("layers_journal", "steps_journal"):
-        target.append_records(getattr(target, name), [r for s in stores for r in read_jsonl(getattr(s, name))])
-    target.append_records(target.journal, rows)
-    target.write_tables()
+    with RunLock(Path(out), "merge") as lock:
+        note_takeover(lock)
+        target = RunStore(out)
+        if target.journal.exists():
+            raise SuiteError(f"merge: --out {out} already holds a run")
+        rows = [r for s in stores for r in s.rows()]
+        merged = {
+            **first,
+            "shard": None,
+            "merged_from": [str(d) for d in dirs],
+            "incomplete": problems or None,
+            "started": min((m.get("started") or "" for m in metas), default="") or None,
+            "finished": max((m.get("finished") or "") for m in metas) or None,
+        }
+        target.write_meta(merged)
+        for name in ("layers_journal", "steps_journal"):
+            target.append_records(getattr(target, name), [r for s in stores for r in read_jsonl(getattr(s, name))])
+        target.append_records(target.journal, rows)
+        target.write_tables()
     return target
 
 

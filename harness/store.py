@@ -15,26 +15,45 @@ from typing import Any
 import pandas as pd
 
 from harness.results import COLUMNS
+from harness.errors import UserError
 
 RAW_ONLY = ("samples_s",)
 
 
+class RunFolderError(UserError):
+    """A run folder that cannot be written or read as it is; the message says how to fix it."""
+
+
 def write_atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename it over `path`; a failed write (a full disk) leaves
+    `path` as it was and no temporary file behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a journal; a line torn by a kill mid-write, or anything else that is not an
+    object, is skipped (its case is re-run on resume)."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill mid-write; the case is re-run on resume
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        if isinstance(record, dict):
+            rows.append(record)
     return rows
+
+
+def _is_row(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("case_id"), str) and isinstance(record.get("workload"), str)
 
 
 class RunStore:
@@ -47,14 +66,44 @@ class RunStore:
         self.meta_path = self.root / "run.json"
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        write_atomic(self.meta_path, lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+        self._writing(self.meta_path, lambda: write_atomic(self.meta_path, lambda p: p.write_text(json.dumps(meta, indent=2, default=str))))
 
     def read_meta(self) -> dict[str, Any]:
-        return json.loads(self.meta_path.read_text())
+        """run.json, or RunFolderError naming what is wrong and the command that rebuilds it."""
+        try:
+            text = self.meta_path.read_text(errors="replace")
+        except FileNotFoundError:
+            raise RunFolderError(f"{self.root}: no run.json there; not a run folder") from None
+        try:
+            meta = json.loads(text)
+            problem = "" if isinstance(meta, dict) and all(isinstance(meta.get(k), dict) for k in ("suite", "fingerprint")) else (
+                "it lacks the suite or the machine fingerprint"
+            )
+        except json.JSONDecodeError as exc:
+            problem = "it is empty" if not text.strip() else f"it is not valid JSON ({exc.msg} at line {exc.lineno})"
+        if problem:
+            raise RunFolderError(
+                f"{self.meta_path}: {problem}; rebuild it from the suite file the run was started with "
+                f"(its rows are kept): python -m harness run SUITE.yaml --resume {self.root} "
+                "(add the --set and --shard options of the original run)"
+            )
+        return meta
+
+    def _writing(self, path: Path, write) -> None:
+        try:
+            write()
+        except OSError as exc:
+            raise RunFolderError(
+                f"{path}: cannot write ({exc.strerror or exc}); the rows finished so far are in {self.root}: "
+                f"fix that, then continue with: python -m harness run --resume {self.root}"
+            ) from None
 
     def append_records(self, path: Path, records: list[dict[str, Any]]) -> None:
-        if not records:
-            return
+        if records:
+            self._writing(path, lambda: self._append(path, records))
+
+    @staticmethod
+    def _append(path: Path, records: list[dict[str, Any]]) -> None:
         with open(path, "a+b") as f:
             if f.tell() and (f.seek(f.tell() - 1), f.read(1))[1] != b"\n":
                 f.write(b"\n")  # close a line torn by a kill, so the next record starts on its own line
@@ -74,7 +123,7 @@ class RunStore:
     def rows(self) -> list[dict[str, Any]]:
         """Journal rows, the latest per (case_id, workload) winning (a re-run replaces a failure)."""
         latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in read_jsonl(self.journal):
+        for row in filter(_is_row, read_jsonl(self.journal)):
             latest[(row["case_id"], row["workload"])] = row
         return list(latest.values())
 
@@ -99,6 +148,9 @@ class RunStore:
         return frame
 
     def write_tables(self) -> None:
+        self._writing(self.root, self._write_tables)
+
+    def _write_tables(self) -> None:
         frame = self.frame()
         write_atomic(self.root / "results.csv", lambda p: frame.to_csv(p, index=False))
         write_atomic(self.root / "results.parquet", lambda p: frame.to_parquet(p, index=False))

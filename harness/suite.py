@@ -20,10 +20,11 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
 
 from harness import safe_yaml
+from harness.errors import UserError
 from harness.config import BYTE_VOCAB, BaselineKind, Case, ModelConfig, MoEConfig, RunSettings, StrictConfig
 
 
-class SuiteError(Exception):
+class SuiteError(UserError):
     """A suite problem a user can fix; the CLI prints it without a traceback and exits with 2."""
 
 

@@ -46,3 +46,53 @@ def test_append_after_a_torn_line_keeps_the_new_row(tmp_path):
         f.write('{"case_id": "b", "workl')
     store.append(row("c"))
     assert [r["case_id"] for r in store.rows()] == ["a", "c"]
+
+
+def test_journal_lines_that_are_not_rows_are_skipped(tmp_path):
+    store = RunStore(tmp_path)
+    store.append(row("a"))
+    with open(store.journal, "a") as f:
+        f.write('[1, 2]\n"text"\n{"case_id": 5, "workload": "forward"}\n{"status": "ok"}\nnull\n' + "[" * 100000 + "\n")
+    store.append(row("b"))
+    assert [r["case_id"] for r in store.rows()] == ["a", "b"]
+    assert store.done() == {("a", "forward"), ("b", "forward")}
+
+
+def test_failed_write_leaves_no_temporary_file_and_says_how_to_continue(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from harness.store import RunFolderError
+
+    store = RunStore(tmp_path)
+    store.append(row("a"))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    with pytest.raises(RunFolderError, match=f"No space left on device.*--resume {tmp_path}"):
+        store.append(row("b"))
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert [r["case_id"] for r in store.rows()] == ["a", "b"]  # the journal line was written first
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(RunFolderError, match="rows.jsonl: cannot write"):
+        store.append(row("c"))
+
+
+def test_damaged_run_json_names_the_command_that_rebuilds_it(tmp_path):
+    import pytest
+
+    from harness.store import RunFolderError
+
+    store = RunStore(tmp_path)
+    store.write_meta({"suite": {"name": "x"}, "fingerprint": {}})
+    assert store.read_meta()["suite"] == {"name": "x"}
+    full = store.meta_path.read_text()
+    for text, problem in [("", "it is empty"), (full[: len(full) // 2], "not valid JSON"), ("[]", "lacks the suite"),
+                          ('{"suite": {}}', "lacks the suite")]:
+        store.meta_path.write_text(text)
+        with pytest.raises(RunFolderError) as info:
+            store.read_meta()
+        assert problem in str(info.value) and f"python -m harness run SUITE.yaml --resume {tmp_path}" in str(info.value)
