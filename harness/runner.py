@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.analysis import load
+from harness.calibration import calibrate, calibration_of
 from harness.config import Case
 from harness.environment import comparable, fingerprint
-from harness.metrics.baseline import measure_baselines
+from harness.launch import Job, run_job
 from harness.metrics.statistics import ratio_ci
 from harness.progress import Progress
 from harness.results import case_columns
@@ -31,21 +27,9 @@ from harness.suite import Suite, SuiteError, build_suite, load_suite
 from harness.summary import print_summary
 from harness.sweep import Expansion, expand
 
-SIGNAL_NAMES = {getattr(signal, n): n for n in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGTERM", "SIGINT", "SIGILL", "SIGFPE")}
-
 
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived: stop scheduling, keep what is stored."""
-
-
-@dataclass(frozen=True)
-class Job:
-    case: Case
-    workload: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.case.id, self.workload)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -67,94 +51,6 @@ def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
 
 def jobs_for(suite: Suite, expansion: Expansion, shard: tuple[int, int] | None) -> list[Job]:
     return [Job(case, w) for case in expansion if in_shard(case.id, shard) for w in suite.workloads]
-
-
-OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
-
-
-def oom_kills() -> int | None:
-    """The cgroup's OOM-kill counter, when this machine exposes it (cgroup v2)."""
-    try:
-        for line in OOM_EVENTS.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _signal_reason(returncode: int, oom_before: int | None, oom_after: int | None) -> tuple[str, str]:
-    sig = -returncode
-    name = SIGNAL_NAMES.get(sig, f"signal {sig}")
-    if sig != signal.SIGKILL:
-        return "failed", f"worker crashed with {name}"
-    if oom_before is not None and oom_after is not None:
-        if oom_after > oom_before:
-            return "oom", "worker killed by the OS out-of-memory killer (cgroup oom_kill rose)"
-        return "failed", f"worker killed by {name} (not by the cgroup OOM killer)"
-    return "oom", f"worker killed by {name}, most likely the OS out-of-memory killer (cannot confirm on this machine)"
-
-
-def _last_line(log: Path) -> str:
-    try:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1].strip()[:300] if lines else ""
-
-
-def run_job(
-    job: Job,
-    run_dir: Path,
-    echo_logs: bool = False,
-    context: dict[str, Any] | None = None,
-    pair_with: Case | None = None,
-) -> dict[str, Any]:
-    """Run one worker; always returns a result dict with a status, whatever happened to the worker.
-
-    With `pair_with`, the worker times the two cases interleaved and returns both sides' samples.
-    """
-    logs = run_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    suffix = f"-interleaved-{pair_with.id}" if pair_with else ""
-    log_path = logs / f"{job.case.id}-{job.workload}{suffix}.log"
-    payload = {"case": job.case.model_dump(mode="json"), "workload": job.workload, "context": context or {}}
-    if pair_with is not None:
-        payload["pair_with"] = pair_with.model_dump(mode="json")
-    with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
-        job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_path.write_text(json.dumps(payload))
-        cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
-        oom_before = oom_kills()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                returncode = proc.wait(timeout=job.case.run.timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                return {"status": "timeout", "error": f"no result after the {job.case.run.timeout_s:g} s timeout (run.timeout_s)"}
-            except BaseException:
-                _kill(proc)
-                raise
-        if echo_logs:
-            sys.stderr.write(log_path.read_text(errors="replace"))
-        if result_path.exists():
-            return json.loads(result_path.read_text())
-        if returncode < 0:
-            status, reason = _signal_reason(returncode, oom_before, oom_kills())
-        else:
-            status, reason = "failed", f"worker exited with code {returncode} and no result"
-        tail = _last_line(log_path)
-        return {"status": status, "error": f"{reason}: {tail}" if tail else reason}
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
 
 
 def _default_out(suite: Suite) -> Path:
@@ -219,8 +115,9 @@ def main(args: argparse.Namespace) -> int:
         store.write_meta(meta)
     done = store.done(include_failed=not args.rerun_failed)
     todo = [job for job in jobs if job.key not in done]
-    context = measure_baselines([job.case for job in todo], previous=meta.get("baselines"))
-    meta["baselines"] = context
+    context = calibrate([job.case for job in todo], previous=calibration_of(meta))
+    meta.pop("baselines", None)  # what runs written before the rename called it
+    meta["calibration"] = context
     meta["fingerprint"]["matmul_tflops"] = context["matmul_tflops"]
     store.write_meta(meta)
 

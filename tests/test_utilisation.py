@@ -81,12 +81,12 @@ def test_calibration_runs_at_each_thread_count_the_cases_use():
     import torch
 
     from harness.config import Case, ModelConfig, RunSettings
-    from harness.metrics.baseline import measure_baselines
+    from harness.calibration import calibrate
 
     before = torch.get_num_threads()
     cases = [Case(kind="dense", model=ModelConfig(), run=RunSettings(device="cpu", threads=t, measure_energy=False))
              for t in (1, None)]
-    context = measure_baselines(cases, idle_seconds=0.0)
+    context = calibrate(cases, idle_seconds=0.0)
     assert set(context["matmul_tflops"]) == {"float32@1threads", f"float32@{before}threads"}
     assert torch.get_num_threads() == before
 
@@ -148,3 +148,12 @@ def test_cuda_peak_memory_columns_come_from_the_allocator_and_nvml(monkeypatch):
     }
     lib.init_error = "no driver"
     assert memory.peak_memory(device, lib=lib)["nvml_memory_used_bytes"] is None
+
+
+def test_calibration_is_read_from_runs_written_before_its_rename():
+    from harness.calibration import calibration_of
+
+    stored = {"idle": {}, "matmul_tflops": {"float32@2threads": 0.1}}
+    assert calibration_of({"calibration": stored}) is stored
+    assert calibration_of({"baselines": stored}) is stored
+    assert calibration_of({}) is None

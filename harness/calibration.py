@@ -1,9 +1,10 @@
-"""One-time measurements the runner makes before any case, passed to every worker as its context.
+"""Calibration: what the runner measures once, before any case, and passes to every worker as its context.
 
 - idle power of each device type the run uses (NVML board, RAPL packages), for idle-subtracted energy;
-- on CPU, the calibration matmul TFLOP/s per dtype that MFU is measured against (kept in the fingerprint).
+- on CPU, the matmul TFLOP/s per dtype and thread count that MFU is measured against (kept in the fingerprint).
 
-Both happen in the runner, with no case running, so every case is compared with the same baseline.
+Both happen in the runner, with no case running, so every case is measured against the same reference.
+They are stored in run.json under `calibration` (runs written before this name call it `baselines`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ def device_type(requested: str) -> str:
     return "cuda" if requested == "cuda" or torch.cuda.is_available() else "cpu"
 
 
-def measure_baselines(
+def calibration_of(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's stored calibration, under its current key or the one older runs used."""
+    return meta.get("calibration") or meta.get("baselines")
+
+
+def calibrate(
     cases: Iterable[Case],
     previous: Optional[dict[str, Any]] = None,
     idle_seconds: float = IDLE_SECONDS,
@@ -35,7 +41,7 @@ def measure_baselines(
     Idle power is measured again on every call (a resumed run gets a fresh one; each row records the
     value it used); the calibration is kept from `previous`, since it belongs to the run's fingerprint.
     """
-    from harness.metrics.energy import idle_baseline
+    from harness.metrics.energy import measure_idle
     from harness.metrics.utilisation import calibrate_matmul_tflops, calibration_key
 
     cases = list(cases)
@@ -44,7 +50,7 @@ def measure_baselines(
     for kind in sorted(types):
         if any(c.run.measure_energy for c in cases if device_type(c.run.device) == kind):
             device = "cpu" if kind == "cpu" else _cuda0()
-            idle[kind] = idle_baseline(device, idle_seconds, **energy_options)
+            idle[kind] = measure_idle(device, idle_seconds, **energy_options)
 
     import torch
 
