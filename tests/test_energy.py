@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.metrics import energy, nvml
-from harness.metrics.energy import TrapezoidIntegrator, idle_baseline, measure_energy, open_meter
+from harness.metrics.energy import measure_energy, measure_idle
+from harness.metrics.energy_meters import TrapezoidIntegrator, open_meter
 from harness.metrics.nvml import NvmlUnavailable, nvml_target, open_nvml, visible_devices
 from tests.fake_nvml import FakeClock, FakeGpu, FakeNvml, PowerTrace
 
@@ -168,7 +169,7 @@ def test_idle_baseline_and_subtraction_end_to_end(tmp_path):
     clock = FakeClock()
     trace = PowerTrace(((0.0, 60.0), (2.0, 60.0), (2.0 + 1e-9, 260.0)))
     lib = FakeNvml([FakeGpu("GPU-i", trace, update_period_s=0.125)], clock=clock)
-    idle = idle_baseline(CUDA0, duration_s=2.0, sleep=clock.sleep, clock=clock, lib=lib, env={}, **no_rapl(tmp_path))
+    idle = measure_idle(CUDA0, duration_s=2.0, sleep=clock.sleep, clock=clock, lib=lib, env={}, **no_rapl(tmp_path))
     assert idle["idle_power_w"] == pytest.approx(60.0)
     assert idle["idle_source"] == "nvml_counter"
     assert idle["cpu_idle_power_w"] is None and idle["cpu_idle_source"].startswith("unavailable: rapl:")
