@@ -1,0 +1,78 @@
+"""`python -m harness compare`: load both sides, refuse environments that may not be compared, decide, print."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.analysis import RunError
+from harness.compare.decide import Comparison, compare
+from harness.compare.records import CompareError, Results
+from harness.compare.reference import load_results, save_baseline
+from harness.compare.render import render
+from harness.environment import comparable
+
+
+def environment_mismatch(baseline: Results, current: Results) -> list[str]:
+    """Comparable fingerprint keys that differ, as 'key (baseline vs current)'; a missing fingerprint too."""
+    missing = [f"{r.source} has no environment fingerprint" for r in (baseline, current) if not r.fingerprint]
+    if missing:
+        return missing
+    return [f"{k} ({baseline.fingerprint.get(k)!r} vs {current.fingerprint.get(k)!r})"
+            for k in comparable(baseline.fingerprint, current.fingerprint)]
+
+
+def run_comparison(args: argparse.Namespace) -> Comparison:
+    if not args.threshold > 0:
+        raise CompareError(f"--threshold must be > 0 (a relative change, 0.10 = 10%), got {args.threshold}")
+    if not 0 < args.alpha < 1:
+        raise CompareError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    current = load_results(args.run)
+    baseline = load_results(args.baseline)
+    mismatch = environment_mismatch(baseline, current)
+    if mismatch and not args.allow_mismatch:
+        raise CompareError("environments differ: " + "; ".join(mismatch)
+                           + ". Measure the baseline on this machine, or pass --allow-mismatch")
+    if not baseline.cases.keys() & current.cases.keys():
+        raise CompareError(f"no (case, workload) of the baseline (suite {baseline.suite}) is in the run "
+                           f"(suite {current.suite}): wrong baseline?")
+    findings = compare(baseline, current, args.threshold, args.alpha)
+    return Comparison(baseline, current, args.threshold, args.alpha, findings, mismatch if args.allow_mismatch else [])
+
+
+def _save(args: argparse.Namespace) -> int:
+    results = load_results(args.run)
+    ok = sum(c.ok for c in results.cases.values())
+    if not ok:
+        raise CompareError(f"{args.run}: no case finished ok; nothing to promote to a baseline")
+    if not results.fingerprint:
+        raise CompareError(f"{args.run}: no environment fingerprint (run.json); a baseline must say where it was measured")
+    path = Path(args.save_baseline)
+    save_baseline(results, path)
+    not_ok = len(results.cases) - ok
+    fp = results.fingerprint
+    where = ", ".join(f"{k}={fp.get(k)}" for k in ("device_name", "cpu_model", "threads", "torch"))
+    print(f"saved {len(results.cases)} cases of suite {results.suite} to {path} ({where})")
+    if not_ok:
+        print(f"warning: {not_ok} of them did not finish ok; they are stored as such, and a later run that still "
+              "fails them is not a regression", file=sys.stderr)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    save = getattr(args, "save_baseline", None)
+    try:
+        if save and args.baseline:
+            raise CompareError("give either --baseline (compare) or --save-baseline (promote this run), not both")
+        if save:
+            return _save(args)
+        if not args.baseline:
+            raise CompareError("compare needs --baseline DIR_OR_FILE (or --save-baseline FILE to promote this run)")
+        comparison = run_comparison(args)
+    except (CompareError, RunError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if comparison.mismatch:
+        print(f"warning: environments differ ({', '.join(comparison.mismatch)}); compared anyway", file=sys.stderr)
+    sys.stdout.write(render(comparison, args.format))
+    return 1 if comparison.regressions else 0

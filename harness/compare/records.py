@@ -1,0 +1,83 @@
+"""What compare reads: one (case, workload)'s results, and a run's or a reference's set of them."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from harness.compare.values import as_number, as_text, case_label, round_sample
+
+Key = tuple[str, str]
+
+
+class CompareError(Exception):
+    """Bad input for compare (missing run, unreadable baseline, incomparable environments): exit 2."""
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One (case, workload) as compare needs it: status, headline metrics and raw latency samples."""
+
+    case_id: str
+    workload: str
+    status: str
+    kind: str | None = None
+    label: str = ""
+    error: str | None = None
+    tokens_per_s: float | None = None
+    latency_ms_median: float | None = None
+    latency_ms_ci_low: float | None = None
+    latency_ms_ci_high: float | None = None
+    latency_ms_iqr: float | None = None
+    peak_memory_bytes: float | None = None
+    memory_source: str | None = None
+    energy_j_per_token: float | None = None
+    energy_source: str | None = None
+    samples_ms: tuple[float, ...] = ()
+
+    @property
+    def key(self) -> Key:
+        return (self.case_id, self.workload)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> CaseResult:
+        """From a run row (rows.jsonl or a results table); `samples_s` become milliseconds."""
+        samples = row.get("samples_s")
+        samples_ms = tuple(float(s) * 1e3 for s in samples) if isinstance(samples, (list, tuple)) else ()
+        return cls(
+            case_id=str(row["case_id"]), workload=str(row["workload"]), status=as_text(row.get("status")) or "unknown",
+            kind=as_text(row.get("kind")), label=case_label(row), error=as_text(row.get("error")),
+            tokens_per_s=as_number(row.get("tokens_per_s")), latency_ms_median=as_number(row.get("latency_ms_median")),
+            latency_ms_ci_low=as_number(row.get("latency_ms_ci_low")),
+            latency_ms_ci_high=as_number(row.get("latency_ms_ci_high")),
+            latency_ms_iqr=as_number(row.get("latency_ms_iqr")), peak_memory_bytes=as_number(row.get("peak_memory_bytes")),
+            memory_source=as_text(row.get("memory_source")), energy_j_per_token=as_number(row.get("energy_j_per_token")),
+            energy_source=as_text(row.get("energy_source")), samples_ms=samples_ms,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["samples_ms"] = [round_sample(s) for s in self.samples_ms]
+        if self.peak_memory_bytes is not None:
+            record["peak_memory_bytes"] = int(self.peak_memory_bytes)
+        return {k: v for k, v in record.items() if v is not None and v != "" and v != []}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> CaseResult:
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in record.items() if k in known}
+        values["samples_ms"] = tuple(float(s) for s in record.get("samples_ms", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Results:
+    """A run or a stored baseline: where it came from, its environment fingerprint and its cases."""
+
+    source: str
+    suite: str | None
+    fingerprint: dict[str, Any]
+    cases: dict[Key, CaseResult]

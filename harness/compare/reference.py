@@ -1,0 +1,84 @@
+"""The results a run is compared with, and the run itself: a run folder, or a reference file written by
+`--save-baseline` (format in docs/compare.md); both load into the same `Results`."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.analysis import load, load_run_info
+from harness.compare.records import CaseResult, CompareError, Results
+from harness.compare.values import plain, strict_json
+
+BASELINE_FORMAT = "moe-harness-baseline"
+BASELINE_VERSION = 1
+
+
+def load_results(path: str | Path) -> Results:
+    """A run folder (rows.jsonl with raw samples, else its results table) or a baseline JSON file."""
+    p = Path(path)
+    if p.is_dir():
+        return _from_run(p)
+    if p.is_file():
+        if p.suffix != ".json":
+            raise CompareError(f"{p}: expected a run folder or a baseline .json file")
+        return read_baseline(p)
+    raise CompareError(f"{p}: no such run folder or baseline file")
+
+
+def _from_run(run_dir: Path) -> Results:
+    from harness.store import RunStore
+
+    info = load_run_info(run_dir)
+    rows = RunStore(run_dir).rows()
+    if not rows:  # a copied run without its journal: no raw samples, so intervals decide
+        frame = load(run_dir)
+        rows = [{k: plain(v) for k, v in r.items()} for r in frame.to_dict("records")]
+    cases = {}
+    for row in rows:
+        result = CaseResult.from_row(row)
+        cases[result.key] = result
+    if not cases:
+        raise CompareError(f"{run_dir}: the run has no result rows")
+    suite = info.get("suite")
+    return Results(str(run_dir), suite.get("name") if isinstance(suite, dict) else suite,
+                   info.get("fingerprint") or {}, cases)
+
+
+def read_baseline(path: Path) -> Results:
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CompareError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
+        raise CompareError(f"{path}: not a moe-harness baseline (write one with compare RUN --save-baseline FILE)")
+    if doc.get("version") != BASELINE_VERSION:
+        raise CompareError(f"{path}: baseline format version {doc.get('version')}, this harness reads {BASELINE_VERSION}")
+    try:
+        cases = [CaseResult.from_json(record) for record in doc["cases"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CompareError(f"{path}: malformed case record ({exc})") from None
+    return Results(str(path), doc.get("suite"), doc.get("fingerprint") or {}, {c.key: c for c in cases})
+
+
+def baseline_text(results: Results, created: str | None = None) -> str:
+    """The baseline file: a small header, then one line per case so that refreshes diff readably."""
+    header = {
+        "format": BASELINE_FORMAT,
+        "version": BASELINE_VERSION,
+        "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source_run": results.source,
+        "suite": results.suite,
+        "fingerprint": strict_json(results.fingerprint),
+    }
+    head = json.dumps(header, indent=2, allow_nan=False)
+    lines = [json.dumps(strict_json(results.cases[k].to_json()), allow_nan=False) for k in sorted(results.cases)]
+    body = ",\n".join(f"    {line}" for line in lines)
+    return f'{head[:-2]},\n  "cases": [\n{body}\n  ]\n}}\n'
+
+
+def save_baseline(results: Results, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(baseline_text(results))
+    tmp.replace(path)

@@ -1,0 +1,106 @@
+"""A comparison as text, markdown (CI job summaries), CSV or JSON."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from typing import Any
+
+from harness.compare.decide import Comparison, Finding
+from harness.compare.records import Results
+from harness.compare.values import strict_json
+from harness.metrics.statistics import NOISY_RELATIVE_IQR
+
+COLUMNS = ("case_id", "label", "workload", "metric", "baseline", "current", "change", "test", "p_value", "verdict",
+           "note")
+
+
+def render(comparison: Comparison, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(_json_doc(comparison), indent=2, allow_nan=False) + "\n"
+    if fmt == "csv":
+        import csv
+
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for f in comparison.findings:
+            writer.writerow(["" if v is None else v for v in (getattr(f, c) for c in COLUMNS)])
+        return out.getvalue()
+    rows = [_display(f) for f in comparison.findings]
+    headers = ["case", "workload", "metric", "baseline", "current", "change", "test", "p", "verdict"]
+    if fmt == "markdown":
+        lines = [f"**{_headline(comparison)}**", "", _context(comparison), ""]
+        if comparison.noisy_cases:
+            lines += [_noise_warning(comparison), ""]
+        lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        for f, row in zip(comparison.findings, rows):
+            row[-1] = f"**{row[-1]}**" if f.regression else row[-1]
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        return "\n".join(lines) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = [_context(comparison), ""]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    notes = list(dict.fromkeys(f"  {f.case_id} {f.workload}: {f.note}" for f in comparison.findings if f.note))
+    if notes:
+        lines += ["", "notes:", *notes]
+    if comparison.noisy_cases:
+        lines += ["", _noise_warning(comparison)]
+    lines += ["", _headline(comparison)]
+    return "\n".join(lines) + "\n"
+
+
+def _headline(c: Comparison) -> str:
+    counts = "; ".join(f"{n} {verdict}" for verdict, n in c.counts().items())
+    state = "REGRESSION" if c.regressions else "no regression"
+    return f"{state} (threshold {c.threshold:.0%}, alpha {c.alpha:g}): {counts}"
+
+
+def _noise_warning(c: Comparison) -> str:
+    return (f"warning: {c.noisy_cases} of {c.timed_cases} timed cases had noisy timing (IQR/median > "
+            f"{NOISY_RELATIVE_IQR:.0%}) on one side or both: the machine was busy, and timing verdicts may reflect that")
+
+
+def _context(c: Comparison) -> str:
+    def describe(r: Results) -> str:
+        commit = r.fingerprint.get("git_commit")
+        return f"{r.source} (suite {r.suite or '?'}" + (f", commit {str(commit)[:12]}" if commit else "") + ")"
+
+    text = f"baseline {describe(c.baseline)} vs current {describe(c.current)}"
+    if c.mismatch:
+        text += f"; environments differ ({', '.join(c.mismatch)}), compared anyway (--allow-mismatch)"
+    return text
+
+
+def _display(f: Finding) -> list[str]:
+    def value(v: float | None) -> str:
+        if v is None:
+            return "-"
+        if f.metric == "peak_memory_bytes":
+            return f"{v / 2**20:.1f} MiB"
+        size = abs(v)
+        return f"{v:,.0f}" if size >= 1000 else f"{v:.1f}" if size >= 100 else f"{v:.2f}" if size >= 1 else f"{v:.3g}"
+
+    case = f"{f.case_id} {f.label}".strip()
+    change = "-" if f.change is None else f"{f.change:+.1%}"
+    p = "-" if f.p_value is None else f"{f.p_value:.2g}"
+    metric = {"latency_ms_median": "latency ms", "tokens_per_s": "tokens/s", "peak_memory_bytes": "peak memory",
+              "energy_j_per_token": "J/token"}.get(f.metric, f.metric)
+    return [case, f.workload, metric, value(f.baseline), value(f.current), change, f.test, p, f.verdict]
+
+
+def _json_doc(c: Comparison) -> dict[str, Any]:
+    return strict_json({
+        "regression": bool(c.regressions),
+        "summary": c.counts(),
+        "threshold": c.threshold,
+        "alpha": c.alpha,
+        "baseline": {"source": c.baseline.source, "suite": c.baseline.suite},
+        "current": {"source": c.current.source, "suite": c.current.suite},
+        "environment_mismatch": c.mismatch,
+        "noisy_cases": c.noisy_cases,
+        "timed_cases": c.timed_cases,
+        "findings": [asdict(f) for f in c.findings],
+    })

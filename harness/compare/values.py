@@ -1,0 +1,70 @@
+"""Reading values from rows that may come from JSON, a pandas table or an older run: None for missing."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SAMPLE_DIGITS = 6  # significant digits kept per stored sample: far below timer noise, keeps files small
+
+
+def as_number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def usable(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def as_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text if text and text not in ("<NA>", "nan") else None
+
+
+def plain(value: Any) -> Any:
+    """pandas' NA/NaN -> None so rows read from a table look like journal rows."""
+    try:
+        import pandas as pd
+
+        if not isinstance(value, (list, tuple, dict)) and pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value.item() if hasattr(value, "item") else value
+
+
+def case_label(row: dict[str, Any]) -> str:
+    """'moe E8 k2 cf1' or 'dense d_ff=160': enough to recognise a case id in a CI log."""
+    kind = as_text(row.get("kind"))
+    if kind == "dense":
+        d_ff = as_number(row.get("d_ff"))
+        return f"dense d_ff={int(d_ff)}" if d_ff is not None else "dense"
+    parts = []
+    for column, prefix in (("num_experts", "E"), ("top_k", "k")):
+        value = as_number(row.get(column))
+        if value is not None:
+            parts.append(f"{prefix}{int(value)}")
+    if parts:
+        cf = as_number(row.get("capacity_factor"))
+        parts.append(f"cf{cf:g}" if cf is not None else "dropless")
+    return " ".join([kind or "", *parts]).strip()
+
+
+def round_sample(value: float) -> float:
+    return float(f"{value:.{SAMPLE_DIGITS}g}")
+
+
+def strict_json(value: Any) -> Any:
+    """NaN/inf -> None, recursively, so files are strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
