@@ -21,7 +21,7 @@ from harness.environment import comparable, fingerprint
 from harness.launch import Job, run_job
 from harness.metrics.statistics import ratio_ci
 from harness.progress import Progress
-from harness.results import case_columns
+from harness.rows import result_row
 from harness.store import RunStore
 from harness.suite import Suite, SuiteError, build_suite, load_suite
 from harness.summary import print_summary
@@ -130,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
                 progress.start(job.case.id, job.case.kind, job.workload)
                 started = time.perf_counter()
                 result = run_job(job, store.root, echo_logs=args.verbose, context=context)
-                row = _row(job, result, expansion, suite, here)
+                row = result_row(job.case, job.workload, result, expansion, suite.name, here)
                 details = {key: result.get(key, []) for key in ("routing_layers", "steps")}
                 for record in (*details["routing_layers"], *details["steps"]):
                     record.update(case_id=job.case.id, workload=job.workload)
@@ -163,21 +163,6 @@ def main(args: argparse.Namespace) -> int:
     failed = int((frame["status"] != "ok").sum())
     print(f"results: {store.root}/results.csv ({len(frame)} rows, {failed} not ok)")
     return 1 if failed and not args.allow_failures else 0
-
-
-def _row(job: Job, result: dict[str, Any], expansion: Expansion, suite: Suite, fp: dict[str, Any]) -> dict[str, Any]:
-    """A result row; provenance comes from the process that measured it (a resumed run may be newer)."""
-    row = case_columns(job.case, expansion, suite.name)
-    row.update(
-        workload=job.workload,
-        status=result["status"],
-        error=result.get("error"),
-        harness_version=fp["harness_version"],
-        torch_version=fp["torch"],
-        git_commit=fp["git_commit"],
-    )
-    row.update(result.get("row", {}))
-    return row
 
 
 def _interleaved_ratio(job: Job, baseline: Case, run_dir: Path, verbose: bool) -> dict[str, Any]:
