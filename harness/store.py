@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analysis import typed
 from harness.results import COLUMNS
 from harness.errors import UserError
 
@@ -133,10 +134,12 @@ class RunStore:
         }
 
     def frame(self) -> pd.DataFrame:
+        """The results table: schema columns first, in the schema's dtypes (nullable ints and strings, so
+        parquet readers get int64 and string, never double or null), then any other column as recorded."""
         rows = [{k: v for k, v in r.items() if k not in RAW_ONLY} for r in self.rows()]
         frame = pd.DataFrame(rows)
         ordered = [c for c in COLUMNS if c in frame.columns]
-        return frame[ordered + [c for c in frame.columns if c not in COLUMNS]]
+        return typed(frame[ordered + [c for c in frame.columns if c not in COLUMNS]])
 
     def detail_frame(self, journal: Path, index: str) -> pd.DataFrame:
         """Per-layer or per-step records of the rows that are stored, the latest attempt winning."""

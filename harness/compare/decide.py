@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from harness.compare.records import CaseResult, Results
 from harness.compare.values import usable
 from harness.metrics.statistics import NOISY_RELATIVE_IQR
+from harness.results import COLUMNS
 
 MIN_SAMPLES = 5
 CI_LEVEL = "95%"
@@ -15,18 +16,30 @@ CI_LEVEL = "95%"
 
 @dataclass(frozen=True)
 class Metric:
+    """A result column compare decides on; its unit, direction and `*_source` come from the schema."""
+
     name: str
-    unit: str
-    higher_is_better: bool
     timing: bool  # decided by the latency samples' test; otherwise by the threshold alone
-    source: str | None = None  # the '*_source' field that must agree for values to be comparable
+
+    @property
+    def unit(self) -> str:
+        return COLUMNS[self.name].unit
+
+    @property
+    def higher_is_better(self) -> bool:
+        return COLUMNS[self.name].higher_is_better
+
+    @property
+    def source(self) -> str | None:
+        """The '*_source' field that must agree for values to be comparable."""
+        return COLUMNS[self.name].source
 
 
 METRICS = (
-    Metric("latency_ms_median", "ms", higher_is_better=False, timing=True),
-    Metric("tokens_per_s", "tok/s", higher_is_better=True, timing=True),
-    Metric("peak_memory_bytes", "bytes", higher_is_better=False, timing=False, source="memory_source"),
-    Metric("energy_j_per_token", "J/token", higher_is_better=False, timing=False, source="energy_source"),
+    Metric("latency_ms_median", timing=True),
+    Metric("tokens_per_s", timing=True),
+    Metric("peak_memory_bytes", timing=False),
+    Metric("energy_j_per_token", timing=False),
 )
 
 # Verdicts. The first three fail the comparison.

@@ -22,11 +22,9 @@ import math
 from torch import Tensor, nn
 
 from harness.models.moe.layer import LOSS_NAMES, MoELayer
+from harness.results import columns_in
 
-CASE_COLUMNS = (
-    "dropped_fraction", "load_cv", "max_mean_load", "experts_unused", "router_entropy",
-    "realized_capacity_factor", "aux_loss", "z_loss", "importance_loss", "causal",
-)
+CASE_COLUMNS = columns_in("routing")
 _MEANED = ("load_cv", "max_mean_load", "router_entropy", "realized_capacity_factor", *LOSS_NAMES)
 
 

@@ -16,6 +16,7 @@ from harness.environment import comparable
 from harness.analysis import safe_ratio, config_label, latency_columns, paired, throughput_ratio_bounds
 from harness.report.plots import Plot, new_figure
 from harness.report.tables import Cell, Table, fmt, ratio_cell, text, varying
+from harness.results import COLUMNS
 
 KEYS = ["case_id", "workload"]
 
@@ -59,8 +60,8 @@ def _change_table(both: pd.DataFrame) -> Table:
             Cell(text(row["case_id"])), Cell(text(row["kind_a"])), Cell(label), Cell(text(row["workload"])),
             fmt(row["tokens_per_s_a"]), fmt(row["tokens_per_s_b"]),
             ratio_cell(row["throughput_change"], row["throughput_change_ci_low"], row["throughput_change_ci_high"]),
-            ratio_cell(row["memory_change"], higher_is_better=False),
-            ratio_cell(row["energy_per_token_change"], higher_is_better=False),
+            ratio_cell(row["memory_change"], higher_is_better=COLUMNS["peak_memory_bytes"].higher_is_better),
+            ratio_cell(row["energy_per_token_change"], higher_is_better=COLUMNS["energy_j_per_token"].higher_is_better),
             Cell(text(row["status_a"]), cls="" if text(row["status_a"]) == "ok" else "failed"),
             Cell(text(row["status_b"]), cls="" if text(row["status_b"]) == "ok" else "failed"),
         ])

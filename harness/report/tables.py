@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from harness.analysis import config_label, coverage
+from harness.analysis import better_above_one, config_label, coverage
 
 MIB = 2**20
 CONFIG_EXTRAS = ("router", "impl", "routing_mode", "granularity", "num_shared_experts", "d_model", "n_layers",
@@ -121,14 +121,16 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
             Cell(text(row["workload"])),
             fmt(row["tokens_per_s"]),
             fmt(row.get("dense_tokens_per_s")),
-            ratio_cell(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"]),
-            ratio_cell(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"], False),
-            ratio_cell(row["memory_ratio"], higher_is_better=False),
+            ratio_cell(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"],
+                       better_above_one("throughput_ratio")),
+            ratio_cell(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"],
+                       better_above_one("latency_ratio")),
+            ratio_cell(row["memory_ratio"], higher_is_better=better_above_one("memory_ratio")),
         ]
         if show_energy:
-            cells.append(ratio_cell(row["energy_per_token_ratio"], higher_is_better=False))
+            cells.append(ratio_cell(row["energy_per_token_ratio"], higher_is_better=better_above_one("energy_per_token_ratio")))
         if show_quality:
-            cells.append(ratio_cell(row["quality_ratio"], higher_is_better=False))
+            cells.append(ratio_cell(row["quality_ratio"], higher_is_better=better_above_one("quality_ratio")))
         active, total = _num(row.get("params_active")), _num(row.get("params_total"))
         cells += [
             fmt(row.get("dropped_fraction")),
