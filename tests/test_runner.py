@@ -28,11 +28,13 @@ REQUIRED = [
     "latency_ms_median", "latency_ms_p90", "peak_memory_bytes", "status", "error",
 ]
 
+# timeout_s: long enough for a worker to import torch on a loaded 2-core machine (6+ s measured at load 7),
+# short enough for the sleeping workload to reach it
 FAULTY = """
 name: faulty
 model: {vocab_size: 32, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, seq_len: 8}
 moe: {num_experts: 2, top_k: 1, impl: loop}
-run: {batch_size: 1, warmup: 1, repeats: 1, timeout_s: 10, memory_limit_mb: 2500, device: cpu, measure_energy: false}
+run: {batch_size: 1, warmup: 1, repeats: 1, timeout_s: 30, memory_limit_mb: 2500, device: cpu, measure_energy: false}
 workloads: [forward, "tests.faults:raises", "tests.faults:allocates", "tests.faults:sleeps", "tests.faults:segfaults"]
 baselines: []
 """
