@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis import typed
-from harness.results import COLUMNS
 from harness.errors import UserError
+from harness.results import COLUMNS
 
 RAW_ONLY = ("samples_s",)
 
