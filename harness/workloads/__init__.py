@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 
 from harness.config import Case
+from harness.parallel.group import local_rows
 
 
 @dataclass
@@ -25,13 +26,15 @@ class Workload:
     finish: Callable[[], dict[str, Any]] = dict
     context_len: int | None = None  # mean attention context per token, when not model.seq_len (decode)
     step_log: Callable[[], list[dict[str, float]]] = list  # per-step losses of a training workload
+    optimizer: torch.optim.Optimizer | None = None  # a training workload's, for data-parallel gradient sync
 
 
 def sample_tokens(case: Case, device: torch.device) -> torch.Tensor:
-    """A fixed random batch: throughput does not depend on token identity, and this needs no data."""
+    """A fixed random batch: throughput does not depend on token identity, and this needs no data.
+    In a multi-rank case `run.batch_size` is the global batch and this rank gets its rows of it."""
     generator = torch.Generator().manual_seed(case.run.seed + 1)
     shape = (case.run.batch_size, case.model.seq_len + 1)
-    return torch.randint(0, case.model.vocab_size, shape, generator=generator).to(device)
+    return local_rows(torch.randint(0, case.model.vocab_size, shape, generator=generator)).to(device)
 
 
 def _registry() -> dict[str, Callable[[torch.nn.Module, Case, torch.device], Workload]]:

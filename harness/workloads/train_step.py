@@ -36,4 +36,4 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
     def step_log() -> list[dict[str, float]]:
         return [{"step": i, "loss": float(loss), **routing.mean_losses(layers)} for i, (loss, layers) in enumerate(history)]
 
-    return Workload(step, inputs.numel(), training=True, last_loss=last_loss, step_log=step_log)
+    return Workload(step, inputs.numel(), training=True, last_loss=last_loss, step_log=step_log, optimizer=optimizer)

@@ -2,7 +2,8 @@
 plus shared experts, auxiliary losses and routing tallies.
 
 - Capacity (token choice): C = ceil(capacity_factor * T * k / E) rows per expert, T = all tokens of
-  the batch (B*seq). Assignments past C are dropped in slot-major priority (first choices last) and
+  the layer's batch (B*seq; under expert parallelism every token of the EP group, see
+  `harness.parallel`). Assignments past C are dropped in slot-major priority (first choices last) and
   contribute 0, so the token keeps only its residual path. `capacity_factor: null` = dropless.
 - Shared experts (DeepSeekMoE): `num_shared_experts` always-on experts of width
   `moe.shared_width(model)`, added unweighted, or scaled by `sigmoid(x @ w_gate)` (one bias-free
@@ -20,14 +21,15 @@ plus shared experts, auxiliary losses and routing tallies.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from harness.config import ModelConfig, MoEConfig
 from harness.models.dense import FeedForward
-from harness.models.moe.dispatch import DispatchPlan, get_impl, make_plan
+from harness.models.moe.dispatch import get_impl, make_plan
 from harness.models.moe.experts import Experts
 from harness.models.moe.router import Routing, build_router, histogram
 from harness.models.moe.stats import RoutingTally
@@ -39,17 +41,54 @@ def _cv2(v: Tensor) -> Tensor:
     return v.var(unbiased=False) / (v.mean() ** 2 + 1e-10)
 
 
-def aux_losses(routing: Routing, routed: Tensor) -> dict[str, Tensor]:
-    """Coefficient-free auxiliary losses of one routing decision (fp32 scalars)."""
+def _local(parts: list[Tensor]) -> list[Tensor]:
+    return parts
+
+
+@dataclass
+class BatchCounts:
+    """What the layer's batch routed: the local tokens, or under expert parallelism those of the whole
+    EP group. `total` turns per-rank sums into the batch's sums (the identity on one process)."""
+
+    tokens: int
+    routed: Tensor  # [E] assignments per expert before capacity
+    kept: Tensor  # [E] assignments per expert after capacity
+    capacity: Optional[int]
+    total: Callable[[list[Tensor]], list[Tensor]] = _local
+
+
+def aux_losses(routing: Routing, batch: BatchCounts) -> tuple[dict[str, Tensor], Tensor]:
+    """Coefficient-free auxiliary losses of one routing decision (fp32 scalars) and the batch's summed
+    router entropy (for the tallies). Per-token sums are formed first and totalled once, so under
+    expert parallelism one small collective gives every loss over the whole EP group."""
     E = routing.probs.shape[1]
-    f = routed.float() / routed.sum().clamp(min=1)
-    importance = torch.zeros(E, device=routed.device).index_add(0, routing.expert, routing.weight.float())
-    load = routing.load if routing.load is not None else routed.float()
-    return {
-        "aux_loss": E * (f * routing.probs.mean(0)).sum(),
-        "z_loss": torch.logsumexp(routing.logits, dim=-1).pow(2).mean(),
+    importance = torch.zeros(E, device=routing.probs.device).index_add(0, routing.expert, routing.weight.float())
+    parts = [
+        routing.probs.sum(0),
+        torch.logsumexp(routing.logits, dim=-1).pow(2).sum().unsqueeze(0),
+        torch.special.entr(routing.probs.detach()).sum().unsqueeze(0),
+        importance,
+    ]
+    if routing.load is not None:
+        parts.append(routing.load)
+    prob_sum, z_sum, entropy, importance, *load = batch.total(parts)
+    f = batch.routed.float() / batch.routed.sum().clamp(min=1)
+    load = load[0] if load else batch.routed.float()
+    losses = {
+        "aux_loss": E * (f * prob_sum / batch.tokens).sum(),
+        "z_loss": z_sum[0] / batch.tokens,
         "importance_loss": _cv2(importance) + _cv2(load),
     }
+    return losses, entropy[0].detach()
+
+
+def local_dispatch(layer: "MoELayer", x: Tensor, routing: Routing) -> tuple[Tensor, BatchCounts]:
+    """Capacity, dispatch plan and expert computation on this process's tokens."""
+    T = x.shape[0]
+    routed = histogram(routing.expert, layer.num_experts)
+    capacity = layer.capacity(T) if routing.token_choice else None
+    plan = make_plan(routing, routed, capacity)
+    return layer.impl(x, plan, layer.experts), BatchCounts(T, routed, plan.counts, plan.capacity)
 
 
 class MoELayer(nn.Module):
@@ -70,6 +109,8 @@ class MoELayer(nn.Module):
         )
         self.impl_name = moe.impl
         self.impl = get_impl(moe.impl)
+        # how routed tokens reach their experts; `harness.parallel` swaps in the all-to-all version
+        self.dispatch: Callable[[MoELayer, Tensor, Routing], tuple[Tensor, BatchCounts]] = local_dispatch
         # a capacity limit makes routing depend on the other tokens of the batch (later positions can
         # take an earlier token's slot), so only dropless token choice is causal
         self.tally = RoutingTally(moe.experts, causal=self.router.causal and moe.capacity_factor is None)
@@ -84,35 +125,31 @@ class MoELayer(nn.Module):
         """`x` [..., d] -> (output [..., d], coefficient-weighted aux loss, a 0-dim fp32 tensor)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        T = x.shape[0]
         routing = self.router(x)
-        routed = histogram(routing.expert, self.num_experts)
-        capacity = self.capacity(T) if routing.token_choice else None
-        plan = make_plan(routing, routed, capacity)
-        y = self.impl(x, plan, self.experts)
+        y, batch = self.dispatch(self, x, routing)
         if self.shared is not None:
             shared = self.shared(x)
             y = y + (shared if self.shared_gate is None else torch.sigmoid(self.shared_gate(x)) * shared)
 
-        losses = aux_losses(routing, routed)
+        losses, entropy = aux_losses(routing, batch)
         self.last_losses = {name: value.detach() for name, value in losses.items()}
         total = sum((self.coefs[n] * losses[n] for n in LOSS_NAMES if self.coefs[n] > 0),
                     torch.zeros((), device=x.device))
-        self._tally(routing, plan, routed, T)
+        self._tally(routing, batch, entropy)
         return y.view(shape), total
 
     @torch.no_grad()
-    def _tally(self, routing: Routing, plan: DispatchPlan, routed: Tensor, T: int) -> None:
+    def _tally(self, routing: Routing, batch: BatchCounts, entropy: Tensor) -> None:
+        T = batch.tokens
         if routing.token_choice:
-            slots = drop_total = routing.expert.numel()
-            dropped = routed.sum() - plan.counts.sum()
-            rows = routed.new_tensor(plan.capacity) if plan.capacity is not None else routed.max()
+            slots = drop_total = T * self.k
+            dropped = batch.routed.sum() - batch.kept.sum()
+            rows = batch.routed.new_tensor(batch.capacity) if batch.capacity is not None else batch.routed.max()
         else:
             slots, drop_total = T * self.k, T
             dropped = T - histogram(routing.token, T).count_nonzero()
-            rows = plan.counts.max()
-        entropy = torch.special.entr(routing.probs).sum()
+            rows = batch.kept.max()
         losses = self.last_losses
         scalars = torch.stack([dropped.float(), rows.float(), entropy,
                                losses["aux_loss"], losses["z_loss"], losses["importance_loss"]])
-        self.tally.update(tokens=T, slots=slots, drop_total=drop_total, routed=routed, scalars=scalars)
+        self.tally.update(tokens=T, slots=slots, drop_total=drop_total, routed=batch.routed, scalars=scalars)
