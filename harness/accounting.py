@@ -281,3 +281,76 @@ def param_breakdown(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict
     """Component counts plus totals, for tables and JSON output."""
     counts = param_counts(model, moe)
     return {**asdict(counts), "total": counts.total, "active": counts.active}
+
+
+# ----------------------------------------------------------------------------- expert and data parallelism
+
+def moe_layer_count(model: ModelConfig, moe: Optional[MoEConfig]) -> int:
+    return _moe_layers(model, moe)
+
+
+def params_per_rank(model: ModelConfig, moe: Optional[MoEConfig], ep_size: int) -> int:
+    """Parameters one rank holds: every non-expert parameter (replicated) and 1/ep of the experts."""
+    counts = param_counts(model, moe)
+    return counts.total - counts.experts + counts.experts // ep_size
+
+
+def all_to_all_bytes_per_token(model: ModelConfig, moe: Optional[MoEConfig], ep_size: int, dtype: str,
+                               training: bool) -> float:
+    """Bytes one rank sends to other ranks per token of its batch, per MoE layer: each routed
+    assignment's hidden state goes out once (dispatch) and its expert output comes back once
+    (combine); in training the backward sends both gradients again (the reverse all-to-alls).
+
+    Assumes uniform routing (an assignment lands on another rank with probability (ep-1)/ep) and no
+    drops, so it is the dropless, balanced volume; a capacity limit can only lower it.
+    """
+    if moe is None or ep_size == 1:
+        return 0.0
+    remote = (ep_size - 1) / ep_size
+    forward = 2 * routed_per_token(moe) * model.d_model * BYTES_PER_ELEMENT[dtype] * remote
+    return forward * (2 if training else 1)
+
+
+def parallel_footprint(model: ModelConfig, moe: Optional[MoEConfig], batch_size: int, world_size: int,
+                       ep_size: int, dtype: str = "float32", workload: str = "train_step") -> dict:
+    """Per-rank parameters, memory and communication of one step, with `batch_size` the global batch
+    split evenly over `world_size` ranks and the experts over `ep_size`.
+
+    Memory: `memory_estimate` for this rank's share of the batch, with weights, gradients and AdamW
+    state of this rank's parameters only, plus, per routed assignment, the received row and the
+    returned row that the expert-parallel exchange keeps for backward (training, ep > 1).
+    Gradient sync: the gradient bytes each rank all-reduces per step (replicated parameters, and
+    experts when more than one rank holds each); a ring all-reduce sends 2(n-1)/n of that.
+    """
+    width = BYTES_PER_ELEMENT[dtype]
+    training = workload in ("train_step", "train", "training")
+    if batch_size % world_size:
+        raise ValueError(f"the global batch ({batch_size}) must be divisible by the world size ({world_size})")
+    local_batch = batch_size // world_size
+    tokens = local_batch * model.seq_len
+    per_rank = params_per_rank(model, moe, ep_size)
+    memory = memory_estimate(model, moe, local_batch, model.seq_len, dtype, workload)
+    memory["weights"] = per_rank * width
+    if training:
+        memory["grads"] = per_rank * width
+        memory["optimizer"] = 2 * per_rank * width
+        if moe is not None and ep_size > 1:
+            rows = tokens * routed_per_token(moe) * moe_layer_count(model, moe)
+            memory["activations"] += math.ceil(rows * 2 * model.d_model) * width
+    memory["total"] = sum(v for k, v in memory.items() if k != "total")
+    counts = param_counts(model, moe)
+    dp_size = world_size // ep_size
+    synced = 0
+    if training and world_size > 1:
+        synced = (counts.total - counts.experts) + (counts.experts // ep_size if dp_size > 1 else 0)
+    a2a_token = all_to_all_bytes_per_token(model, moe, ep_size, dtype, training)
+    return {
+        "world_size": world_size,
+        "ep_size": ep_size,
+        "dp_size": dp_size,
+        "params_per_rank": per_rank,
+        "memory_per_rank": memory,
+        "all_to_all_bytes_per_token_layer": a2a_token,
+        "all_to_all_bytes_per_rank_step": a2a_token * tokens * moe_layer_count(model, moe),
+        "grad_sync_bytes_per_rank_step": synced * width,
+    }

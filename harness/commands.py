@@ -23,7 +23,9 @@ def list_cases(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite, tuple(args.overrides))
     expansion = expand(suite)
-    header = f"{'case_id':<12}  {'kind':<5}  {'experts':>7}  {'top_k':>5}  {'cap':>7}  {'d_ff':>6}  {'params':>11}  {'active':>11}  {'MFLOP/tok':>10}  matched"
+    ranks = any(case.parallel.nproc > 1 for case in expansion)
+    layout = f"  {'ranks':>5}  {'EP':>3}" if ranks else ""
+    header = f"{'case_id':<12}  {'kind':<5}  {'experts':>7}  {'top_k':>5}  {'cap':>7}  {'d_ff':>6}  {'params':>11}  {'active':>11}  {'MFLOP/tok':>10}{layout}  matched"
     print(header)
     print("-" * len(header))
     for case in expansion:
@@ -35,9 +37,10 @@ def list_cases(args: argparse.Namespace) -> int:
         else:
             cf, experts, top_k = "-", "-", "-"
             matched = f"{case.baseline} for " + ", ".join(expansion.serves.get(case.id, []))
+        layout = f"  {case.parallel.nproc:>5}  {case.parallel.expert:>3}" if ranks else ""
         print(
             f"{case.id:<12}  {case.kind:<5}  {experts:>7}  {top_k:>5}  {cf:>7}  {case.model.d_ff:>6}  "
-            f"{summary['params_total']:>11,}  {summary['params_active']:>11,}  {summary['flops_per_token'] / 1e6:>10.3f}  {matched}"
+            f"{summary['params_total']:>11,}  {summary['params_active']:>11,}  {summary['flops_per_token'] / 1e6:>10.3f}{layout}  {matched}"
         )
     print(f"{len(expansion)} cases x {len(suite.workloads)} workloads = {len(expansion) * len(suite.workloads)} measurements")
     return 0

@@ -21,6 +21,7 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 BaselineKind = Literal["flop_matched", "param_matched"]
 CorpusName = Literal["pydoc", "kjv"]
+Backend = Literal["auto", "gloo", "nccl"]
 BYTE_VOCAB = 256  # the quality corpora and the lm-eval adapter read UTF-8 bytes
 
 INT64_MAX = 2**63 - 1
@@ -170,6 +171,27 @@ class RunSettings(_Frozen):
     lr_warmup_steps: int = Field(default=20, ge=0, description="linear learning-rate warm-up of the quality workload")
 
 
+class ParallelConfig(_Frozen):
+    """How many ranks run a case and how the experts are split across them (docs/distributed.md)."""
+
+    nproc: PositiveInt = Field(
+        default=1, le=1024, description="ranks per node, one process (and on GPU one device) each; >1 launches the case through torch.distributed.run"
+    )
+    expert: PositiveInt = Field(
+        default=1, le=1024, description="expert-parallel degree: each MoE layer's experts split across this many ranks (divides nproc and the expert count); dense baselines use 1"
+    )
+    backend: Backend = Field(default="auto", description="collective backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl")
+    timeout_s: float = Field(
+        default=300.0, gt=0, le=86400, description="collective timeout: a rank that waits longer on a peer fails, which ends the whole group"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParallelConfig":
+        if self.nproc % self.expert:
+            raise ValueError(f"parallel.expert ({self.expert}) must divide parallel.nproc ({self.nproc}): an EP group stays within a node")
+        return self
+
+
 class Case(_Frozen):
     """One fully resolved model to measure. Baselines are ordinary cases with kind='dense'."""
 
@@ -180,11 +202,23 @@ class Case(_Frozen):
     baseline: Optional[BaselineKind] = Field(
         default=None, description="for a derived dense case: which matching rule produced it"
     )
+    parallel: ParallelConfig = ParallelConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "Case":
         if (self.kind == "moe") != (self.moe is not None):
             raise ValueError("an moe case needs an moe block and a dense case must not have one")
+        ep = self.parallel.expert
+        if ep > 1 and self.moe is None:
+            raise ValueError(f"parallel.expert: a dense case has no experts to split (got {ep}); its baseline runs with 1")
+        if ep > 1 and self.moe.experts % ep:
+            raise ValueError(f"parallel.expert ({ep}) must divide the number of routed experts ({self.moe.experts})")
+        if ep > 1 and self.moe.router == "expert_choice":
+            raise ValueError("parallel.expert: expert_choice picks tokens across the whole batch; it cannot run expert-parallel")
+        if self.run.batch_size % self.parallel.nproc:
+            raise ValueError(
+                f"run.batch_size ({self.run.batch_size}) is the global batch and must be divisible by parallel.nproc ({self.parallel.nproc})"
+            )
         if self.moe is not None and not any(self.moe.is_moe_layer(i) for i in range(self.model.n_layers)):
             raise ValueError(
                 f"no layer of the {self.model.n_layers}-layer model is MoE with moe.first_dense={self.moe.first_dense} "
@@ -194,5 +228,9 @@ class Case(_Frozen):
 
     @property
     def id(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Hash of the config; a single-process case leaves `parallel` out, so its id predates it."""
+        data = self.model_dump(mode="json")
+        if self.parallel == ParallelConfig():
+            del data["parallel"]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]

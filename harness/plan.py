@@ -16,7 +16,7 @@ from typing import Any, Optional
 from pydantic import ValidationError
 
 from harness import accounting, presets
-from harness.config import Case, ModelConfig, MoEConfig, RunSettings
+from harness.config import Case, ModelConfig, MoEConfig, ParallelConfig, RunSettings
 from harness.suite import SuiteError, apply_override, format_validation_error, load_suite
 
 GIB = 2**30
@@ -26,6 +26,8 @@ COLUMNS = [
     "experts", "top_k", "d_ff", "d_expert",
     "params_total", "params_active", "gflops_per_token", "train_gflops_per_token",
     "batch_size", "seq_len", "dtype", "train_memory_gib", "inference_memory_gib",
+    "world_size", "ep_size", "dp_size", "params_per_rank", "train_memory_per_rank_gib", "inference_memory_per_rank_gib",
+    "all_to_all_bytes_per_token_layer", "all_to_all_bytes_per_rank_step", "grad_sync_bytes_per_rank_step",
 ]
 
 
@@ -59,6 +61,25 @@ def _row(case: Case, name: str, matched_to: Optional[Case] = None) -> dict[str, 
         "dtype": run.dtype,
         "train_memory_gib": train["total"] / GIB,
         "inference_memory_gib": infer["total"] / GIB,
+        **_parallel(case),
+    }
+
+
+def _parallel(case: Case) -> dict[str, Any]:
+    """Per-rank footprint of the case's layout (one node: world size = parallel.nproc)."""
+    model, moe, run, par = case.model, case.moe, case.run, case.parallel
+    train = accounting.parallel_footprint(model, moe, run.batch_size, par.nproc, par.expert, run.dtype, "train_step")
+    infer = accounting.parallel_footprint(model, moe, run.batch_size, par.nproc, par.expert, run.dtype, "forward")
+    return {
+        "world_size": train["world_size"],
+        "ep_size": train["ep_size"],
+        "dp_size": train["dp_size"],
+        "params_per_rank": train["params_per_rank"],
+        "train_memory_per_rank_gib": train["memory_per_rank"]["total"] / GIB,
+        "inference_memory_per_rank_gib": infer["memory_per_rank"]["total"] / GIB,
+        "all_to_all_bytes_per_token_layer": train["all_to_all_bytes_per_token_layer"],
+        "all_to_all_bytes_per_rank_step": train["all_to_all_bytes_per_rank_step"],
+        "grad_sync_bytes_per_rank_step": train["grad_sync_bytes_per_rank_step"],
     }
 
 
@@ -103,9 +124,15 @@ def _preset_case(name: str, overrides: tuple[str, ...]) -> Case:
             model=ModelConfig.model_validate(data["model"]),
             moe=MoEConfig.model_validate(data["moe"]) if is_moe else None,
             run=RunSettings.model_validate(data.get("run") or {}),
+            parallel=_dense_layout(ParallelConfig.model_validate(data.get("parallel") or {}), is_moe),
         )
     except ValidationError as err:
         raise SuiteError(format_validation_error(err, prefix=f"preset {name}: ")) from None
+
+
+def _dense_layout(parallel: ParallelConfig, is_moe: bool) -> ParallelConfig:
+    """A dense model runs data parallel on the same ranks (as `run` derives its baselines)."""
+    return parallel if is_moe else parallel.model_copy(update={"expert": 1})
 
 
 def _preset_rows(name: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -114,7 +141,8 @@ def _preset_rows(name: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
     rows = [_row(case, name)]
     if case.moe is not None:
         for rule in ("flop_matched", "param_matched"):
-            dense = Case(kind="dense", model=accounting.matched_dense(case.model, case.moe, rule), run=case.run, baseline=rule)
+            dense = Case(kind="dense", model=accounting.matched_dense(case.model, case.moe, rule), run=case.run, baseline=rule,
+                         parallel=_dense_layout(case.parallel, False))
             rows.append(_row(dense, f"{name} {rule.replace('_', '-')} dense", matched_to=case))
     peer = presets.info(name).dense_peer
     if peer is not None:
@@ -146,19 +174,30 @@ def _bytes(gib: float) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    parallel = any(r["world_size"] > 1 for r in rows)
     headers = ["case_id", "name", "kind", "experts", "top_k", "d_ff", "params", "active", "GFLOP/tok fwd",
-               "GFLOP/tok train", "train mem", "infer mem", "matched"]
+               "GFLOP/tok train", "train mem", "infer mem"]
+    if parallel:
+        headers += ["ranks", "EP", "params/rank", "train mem/rank", "a2a/rank/step", "grad sync/rank/step"]
+    headers.append("matched")
     body = []
     for r in rows:
         matched = f"{r['baseline']} ({r['match_error']:.2%} off)" if r["baseline"] and r["match_error"] is not None else ""
-        body.append([
+        cells = [
             r["case_id"], r["name"], r["kind"],
             "-" if r["experts"] is None else str(r["experts"]),
             "-" if r["top_k"] is None else str(r["top_k"]),
             str(r["d_ff"]), _human(r["params_total"]), _human(r["params_active"]),
             f"{r['gflops_per_token']:.4g}", f"{r['train_gflops_per_token']:.4g}",
-            _bytes(r["train_memory_gib"]), _bytes(r["inference_memory_gib"]), matched,
-        ])
+            _bytes(r["train_memory_gib"]), _bytes(r["inference_memory_gib"]),
+        ]
+        if parallel:
+            cells += [
+                str(r["world_size"]), str(r["ep_size"]), _human(r["params_per_rank"]),
+                _bytes(r["train_memory_per_rank_gib"]), _bytes(r["all_to_all_bytes_per_rank_step"] / GIB),
+                _bytes(r["grad_sync_bytes_per_rank_step"] / GIB),
+            ]
+        body.append(cells + [matched])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines.append("-" * len(lines[0]))
@@ -168,6 +207,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"memory at batch {first['batch_size']} x seq_len {first['seq_len']} in {first['dtype']}: training = weights + "
             "grads + AdamW state + activations, inference = weights + KV cache (see docs/accounting.md)"
+        )
+    if parallel:
+        lines.append(
+            "per rank: the global batch split over the ranks, experts over the EP ranks; a2a = bytes a rank sends in one "
+            "training step's all-to-alls (dispatch + combine, forward + backward, uniform routing, no drops); "
+            "grad sync = gradient bytes it all-reduces (see docs/distributed.md)"
         )
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_valid
 
 from harness import safe_yaml
 from harness.errors import UserError
-from harness.config import BYTE_VOCAB, BaselineKind, Case, ModelConfig, MoEConfig, RunSettings, StrictConfig
+from harness.config import BYTE_VOCAB, BaselineKind, Case, ModelConfig, MoEConfig, ParallelConfig, RunSettings, StrictConfig
 
 
 class SuiteError(UserError):
@@ -141,6 +141,7 @@ class Suite(BaseModel):
     model: ModelConfig = Field(default=ModelConfig(), description="the base model; `preset: NAME` starts from a published one")
     moe: MoEConfig = Field(default=MoEConfig(), description="the MoE layer of every MoE case")
     run: RunSettings = Field(default=RunSettings(), description="how each case is executed and measured")
+    parallel: ParallelConfig = Field(default=ParallelConfig(), description="ranks per case and expert parallelism (docs/distributed.md)")
     workloads: list[str] = Field(
         default_factory=lambda: ["train_step", "forward"],
         min_length=1,
@@ -175,7 +176,7 @@ class Suite(BaseModel):
         return names
 
 
-SWEEPABLE_SECTIONS = {"model": ModelConfig, "moe": MoEConfig, "run": RunSettings}
+SWEEPABLE_SECTIONS = {"model": ModelConfig, "moe": MoEConfig, "run": RunSettings, "parallel": ParallelConfig}
 
 
 def _model_fields(annotation: Any) -> Optional[type[BaseModel]]:
@@ -306,7 +307,7 @@ def _check_sweep_keys(suite: Suite) -> None:
         if cls is None:
             close = difflib.get_close_matches(section, list(SWEEPABLE_SECTIONS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise SuiteError(f"sweep.{key}: sweep keys start with model., moe. or run.{hint}")
+            raise SuiteError(f"sweep.{key}: sweep keys start with model., moe., run. or parallel.{hint}")
         if field not in cls.model_fields:
             close = difflib.get_close_matches(field, list(cls.model_fields), n=1)
             hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
@@ -367,6 +368,8 @@ def workload_problem(case: Case, workload: str) -> Optional[str]:
             )
         if case.run.decode_tokens >= case.model.seq_len:
             return f"run.decode_tokens ({case.run.decode_tokens}) must be smaller than model.seq_len ({case.model.seq_len}) for the decode workload"
+    if workload == "quality" and case.parallel.nproc > 1:
+        return "parallel.nproc: the quality workload runs in one process; use train_step, forward or decode for multi-rank cases"
     if workload == "quality" and case.model.vocab_size < BYTE_VOCAB:
         return (
             f"model.vocab_size ({case.model.vocab_size}) is smaller than the quality corpus's {BYTE_VOCAB} byte values; "

@@ -78,6 +78,7 @@ def _moe_case(suite: Suite, point: dict[str, Any]) -> Case:
         "model": suite.model.model_dump(),
         "moe": suite.moe.model_dump(),
         "run": suite.run.model_dump(),
+        "parallel": suite.parallel.model_dump(),
     }
     data = copy.deepcopy(base)
     for key, value in point.items():
@@ -111,6 +112,7 @@ def expand(suite: Suite) -> Expansion:
                 model=accounting.matched_dense(case.model, case.moe, rule),
                 run=case.run,
                 baseline=rule,
+                parallel=case.parallel.model_copy(update={"expert": 1}),  # same ranks, data parallel
             )
             _check_case(suite, point, dense)
             add(dense)

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from harness.config import Case, ModelConfig, MoEConfig, RunSettings
 from harness.models.moe.layer import MoELayer
 from harness.models.transformer import build_model
-from harness.parallel.comm import CommRecorder
+from harness.parallel.comm import EXCHANGE, CommRecorder
 from harness.parallel.group import ProcessGroups, init_from_env
 from harness.parallel.model import parallelize
 
@@ -66,6 +66,8 @@ LAYER_CASES = {
     # every token prefers the first experts: the last rank's experts get no rows at all
     "skewed_empty_rank_loop": dict(num_experts=4, top_k=2, capacity_factor=None, impl="loop"),
     "skewed_empty_rank_padded_capacity": dict(num_experts=4, top_k=1, capacity_factor=1.5, impl="padded"),
+    # round-robin routing sends exactly (ep-1)/ep of the assignments away: the accounting's volume
+    "balanced_grouped": dict(num_experts=4, top_k=2, capacity_factor=None, impl="grouped", routing_mode="balanced"),
 }
 
 
@@ -139,7 +141,7 @@ def _layer_check(name: str, spec: dict, groups: ProcessGroups) -> dict[str, floa
     if "shared.w_in.weight" in ref_grads:
         out["shared_grad"] = _diff(layer.shared.w_in.weight.grad, ref_grads["shared.w_in.weight"])
     out["expert_rows"] = step["expert_rows"]
-    out["dispatch_bytes"] = step.get("dispatch_bytes", 0)
+    out["exchange_bytes"] = sum(step.get(f"{kind}_bytes", 0) for kind in EXCHANGE if kind != "counts")
     out["dropped"] = tally["dropped"]
     return out
 

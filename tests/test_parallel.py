@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness import accounting
+from harness.config import ModelConfig, MoEConfig
 from harness.parallel.group import Layout
 from tests import parallel_checks as checks
 
@@ -45,6 +47,16 @@ def test_skewed_routing_leaves_the_last_rank_without_rows(group):
     # capacity-limited cases really dropped something, so capacity semantics were exercised
     assert results[0]["layer"]["top1_capacity_loop"]["dropped"] > 0
     assert results[0]["layer"]["skewed_empty_rank_padded_capacity"]["dropped"] > 0
+
+
+def test_measured_exchange_bytes_equal_the_accounting(group):
+    (world, ep), results, _ = group
+    spec = checks.LAYER_CASES["balanced_grouped"]
+    model = ModelConfig(d_model=checks.D_MODEL, d_ff=32)
+    per_token = accounting.all_to_all_bytes_per_token(model, MoEConfig(**spec), ep, "float32", training=True)
+    assert per_token > 0
+    for result in results:
+        assert result["layer"]["balanced_grouped"]["exchange_bytes"] == per_token * checks.TOKENS
 
 
 @pytest.mark.parametrize("kind", checks.TRAIN_KINDS)
