@@ -47,7 +47,8 @@ class GradientSync:
         experts = [p for p in expert_params if p.requires_grad]
         self.groups = [(world, b) for b in buckets(shared)] + [(expert_dp, b) for b in buckets(experts)]
         self.world, self.world_size, self.recorder = world, world_size, recorder
-        self.pending = [m.pending_load for m in model.modules() if isinstance(m, SigmoidBiasRouter)]
+        # routers, not their buffers: moving the model to a device replaces the buffer tensors
+        self.bias_routers = [m for m in model.modules() if isinstance(m, SigmoidBiasRouter)]
 
     def attach(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
         if optimizer is None:
@@ -67,8 +68,9 @@ class GradientSync:
             for p in params:
                 p.grad = flat[offset:offset + p.numel()].view_as(p)
                 offset += p.numel()
-        if self.pending and self.world is not None:
-            flat = torch.cat(self.pending)
+        if self.bias_routers and self.world is not None:
+            pending = [router.pending_load for router in self.bias_routers]
+            flat = torch.cat(pending)
             self.recorder.all_reduce(flat, self.world, "moe_stats")
-            for buffer, total in zip(self.pending, flat.split([b.numel() for b in self.pending])):
+            for buffer, total in zip(pending, flat.split([b.numel() for b in pending])):
                 buffer.copy_(total)
