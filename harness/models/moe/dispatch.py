@@ -8,10 +8,13 @@
 - `padded`: GShard/Switch capacity buffer `[E, C, d]` and two batched matmuls; padding rows are
   computed and discarded, which is the cost capacity factors buy static shapes with.
 
-To add one: a function `(x [T, d], plan, experts) -> [T, d]` and one line in `IMPLS`.
+To add one: a function `(x [T, d], plan, experts) -> [T, d]` and one line in `IMPLS`, or, without
+editing the harness, name it in a suite as `moe.impl: package.module:function`; the worker then checks
+it against `loop` on a small input before timing (`harness/models/impl_check.py`).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -109,6 +112,10 @@ IMPLS: dict[str, Impl] = {"loop": loop, "grouped": grouped, "padded": padded}
 
 
 def get_impl(name: str) -> Impl:
+    """A built-in implementation by name, or a user's `package.module:function`."""
+    if ":" in name:
+        module, _, function = name.partition(":")
+        return getattr(importlib.import_module(module), function)
     try:
         return IMPLS[name]
     except KeyError:
