@@ -175,28 +175,43 @@ def match_error(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
+def dense_peer(model: ModelConfig) -> ModelConfig:
+    """The dense architecture an MoE model's baselines are built in: the same model, or for a Hugging
+    Face family its dense peer family (Mixtral -> Mistral, ...), built from a config (no checkpoint)."""
+    if model.source != "hf":
+        return model
+    from harness.models.hf.families import FAMILIES
+
+    peer = FAMILIES[model.config].dense_peer
+    return model.model_copy(update={"config": peer, "path": None, "norm": FAMILIES[peer].norm})
+
+
 def matched_dense(model: ModelConfig, moe: MoEConfig, rule: MatchRule) -> ModelConfig:
-    """The dense peer of an MoE model: the same model with one uniform d_ff chosen by `rule`.
+    """The dense peer of an MoE model (`dense_peer`) with one uniform d_ff chosen by `rule`.
 
     flop_matched: forward FLOPs/token equal the MoE's (router, shared experts and dense layers included).
     param_matched: total parameters equal the MoE's.
     Both quantities are affine in d_ff, so d_ff is solved for directly and rounded to the nearest integer.
+    Hugging Face models are counted on the built module (`harness.models.hf.accounting`), the rest by formula.
     """
-    if rule == "flop_matched":
-        measure = lambda m: forward_flops(m, None).total  # noqa: E731
-        target = forward_flops(model, moe).total
-    elif rule == "param_matched":
-        measure = lambda m: param_counts(m, None).total  # noqa: E731
-        target = param_counts(model, moe).total
-    else:
+    keys = {"flop_matched": "flops_per_token", "param_matched": "params_total"}
+    if rule not in keys:
         raise ValueError(f"unknown baseline rule {rule!r}; expected 'flop_matched' or 'param_matched'")
-    at_one = measure(model.model_copy(update={"d_ff": 1}))
-    slope = measure(model.model_copy(update={"d_ff": 2})) - at_one
+    peer = dense_peer(model)
+    measure = lambda d_ff: summary(peer.model_copy(update={"d_ff": d_ff}), None)[keys[rule]]  # noqa: E731
+    target = summary(model, moe)[keys[rule]]
+    at_one = measure(1)
+    slope = measure(2) - at_one
     d_ff = max(1, round(1 + (target - at_one) / slope))
-    return model.model_copy(update={"d_ff": d_ff})
+    return peer.model_copy(update={"d_ff": d_ff})
 
 
 def summary(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
+    """Total and active parameters, forward and training FLOPs per token."""
+    if model.source == "hf":
+        from harness.models.hf.accounting import summary as counted
+
+        return counted(model, moe)
     params = param_counts(model, moe)
     flops = forward_flops(model, moe).total
     return {
@@ -205,6 +220,20 @@ def summary(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
         "flops_per_token": flops,
         "train_flops_per_token": train_flops_per_token(model, moe),
     }
+
+
+def step_flops_per_token(
+    model: ModelConfig, moe: Optional[MoEConfig], training: bool, seq_len: Optional[int] = None
+) -> float:
+    """FLOPs per token of one step: training (3 x forward) or a forward over `seq_len` tokens of context."""
+    if model.source == "hf":
+        from harness.models.hf.accounting import TRAIN_TO_FORWARD, counts
+
+        forward = counts(model, moe, None if training else seq_len)[2]
+        return TRAIN_TO_FORWARD * forward if training else forward
+    if training:
+        return train_flops_per_token(model, moe)
+    return forward_flops(model, moe, seq_len=seq_len).total
 
 
 def activation_elements_per_token(model: ModelConfig, moe: Optional[MoEConfig]) -> float:

@@ -6,10 +6,14 @@ the model never saw a BOS id in training. `evaluate(model, tasks)` runs the loca
 `harness/lmeval_tasks/` (or another folder of task YAMLs) without the network and without indexing
 lm-eval's thousands of built-in tasks.
 
+`evaluate_hf(path, tasks)` scores a Hugging Face checkpoint directory (its own tokenizer and weights)
+with lm-eval's own `hf` model on the same local tasks, offline; it needs transformers (extra [hf]) too.
+
 This module imports without lm-eval; using it without lm-eval raises an ImportError saying what to install.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,6 +139,29 @@ def _working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+def _task_manager(tasks: list[str], tasks_dir: Path):
+    """lm-eval's task index of `tasks_dir` only (not its thousands of built-in tasks)."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"unknown lm-eval task(s) {unknown} in {tasks_dir} (known: {', '.join(sorted(manager.all_tasks))})")
+    return manager
+
+
+def _run(model: Any, tasks: list[str], tasks_dir: Path, **options: Any) -> dict[str, dict[str, Any]]:
+    import lm_eval
+
+    manager = _task_manager(tasks, tasks_dir)
+    with _working_directory(tasks_dir):
+        results = lm_eval.simple_evaluate(
+            model=model, tasks=tasks, task_manager=manager, num_fewshot=0,
+            bootstrap_iters=0, log_samples=False, **options,
+        )
+    return _metrics(results, tasks)
+
+
 def evaluate(
     model: torch.nn.Module, tasks: Iterable[str] = BUILTIN_TASKS, tasks_dir: Path | str = TASKS_DIR
 ) -> dict[str, dict[str, Any]]:
@@ -144,24 +171,33 @@ def evaluate(
     are left out. The model's train/eval mode is restored afterwards.
     """
     require_lmeval()
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    tasks_dir = Path(tasks_dir).resolve()
-    manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-    tasks = list(tasks)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise ValueError(f"unknown lm-eval task(s) {unknown} in {tasks_dir} (known: {', '.join(sorted(manager.all_tasks))})")
     was_training = model.training
     try:
-        with _working_directory(tasks_dir):
-            results = lm_eval.simple_evaluate(
-                model=ByteLM(model), tasks=tasks, task_manager=manager, num_fewshot=0,
-                batch_size=1, bootstrap_iters=0, log_samples=False,
-            )
+        return _run(ByteLM(model), list(tasks), Path(tasks_dir).resolve(), batch_size=1)
     finally:
         model.train(was_training)
+
+
+def evaluate_hf(
+    path: Path | str, tasks: Iterable[str] = BUILTIN_TASKS, tasks_dir: Path | str = TASKS_DIR,
+    dtype: str = "float32", device: str = "cpu",
+) -> dict[str, dict[str, Any]]:
+    """`evaluate`, for a Hugging Face checkpoint directory scored by lm-eval's own `hf` model
+    (`HFLM`: the checkpoint's tokenizer and weights, loaded from disk only)."""
+    require_lmeval()
+    from harness.models.hf.build import require_transformers
+
+    require_transformers()
+    if importlib.util.find_spec("accelerate") is None:
+        raise ImportError("lm-eval's hf model needs accelerate: pip install 'lm-eval[hf]'")
+    path = Path(path).resolve()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path}: not a Hugging Face checkpoint directory (no config.json)")
+    args = {"pretrained": str(path), "dtype": dtype, "device": device, "local_files_only": True}
+    return _run("hf", list(tasks), Path(tasks_dir).resolve(), model_args=args, batch_size=1)
+
+
+def _metrics(results: dict[str, Any], tasks: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         metrics = {

@@ -285,6 +285,8 @@ def _resolve_preset(data: dict[str, Any]) -> None:
     name = model.pop("preset")
     if not isinstance(name, str):
         raise SuiteError(f"model.preset: expected a preset name, got {_short.repr(name)}; known: {', '.join(presets.names())}")
+    if model.get("path") is not None:
+        raise SuiteError("model.preset and model.path both fix the architecture; give one of them")
     try:
         preset = presets.resolve(name)
     except KeyError as exc:
@@ -293,6 +295,55 @@ def _resolve_preset(data: dict[str, Any]) -> None:
     moe = data.get("moe")
     if "moe" in preset and (moe is None or isinstance(moe, dict)):
         data["moe"] = {**preset["moe"], **(moe or {})}
+
+
+def _resolve_checkpoint(data: dict[str, Any]) -> None:
+    """`model: {source: hf, path: DIR}`: the checkpoint's config.json fills model and moe; keys the
+    suite gives stay as given (the sweep refuses any that contradict the checkpoint)."""
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("path"), str):
+        return  # no checkpoint, or a malformed one the schema refuses
+    from harness.models.hf import families
+
+    try:
+        fixed_model, fixed_moe = families.from_checkpoint(str(model["path"]))
+    except families.Unexpressible as exc:
+        raise SuiteError(str(exc)) from None
+    data["model"] = {**fixed_model, **model}
+    if fixed_moe is not None:
+        data["moe"] = {**fixed_moe, **(data.get("moe") or {})}
+
+
+def _dotted_module_problem(key: str, name: str) -> Optional[str]:
+    module = name.partition(":")[0]
+    return None if _module_exists(module) else f"{key}: {name!r}: no module {module!r} on the Python path"
+
+
+def _check_implementations(suite: Suite) -> None:
+    """User implementations must be importable; Hugging Face sources need transformers, and their
+    experts implementation must be one the installed transformers offers."""
+    for impl in _values(suite, "moe.impl", suite.moe.impl):
+        if ":" in impl and (problem := _dotted_module_problem("moe.impl", impl)):
+            raise SuiteError(problem)
+    if "hf" not in _values(suite, "model.source", suite.model.source):
+        return
+    from harness.models.hf.build import experts_implementations, transformers_problem
+
+    problem = transformers_problem()
+    if problem:
+        raise SuiteError(f"model.source: hf: {problem}")
+    offered = None
+    for impl in set(_values(suite, "run.hf_experts_implementation", suite.run.hf_experts_implementation)) - {None}:
+        if ":" in impl:
+            if problem := _dotted_module_problem("run.hf_experts_implementation", impl):
+                raise SuiteError(problem)
+            continue
+        offered = offered or experts_implementations()
+        if impl not in offered:
+            raise SuiteError(
+                f"run.hf_experts_implementation: {impl!r} is not offered by the installed transformers "
+                f"(available: {', '.join(offered)}; or 'package.module:function')"
+            )
 
 
 def _check_sweep_keys(suite: Suite) -> None:
@@ -312,6 +363,8 @@ def _check_sweep_keys(suite: Suite) -> None:
             close = difflib.get_close_matches(field, list(cls.model_fields), n=1)
             hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
             raise SuiteError(f"sweep.{key}: unknown key{hint}")
+        if key == "model.path":
+            raise SuiteError("sweep.model.path: a checkpoint fixes the whole model; run one suite per checkpoint")
 
 
 def _values(suite: Suite, key: str, base: Any) -> list[Any]:
@@ -378,10 +431,19 @@ def workload_problem(case: Case, workload: str) -> Optional[str]:
     return None
 
 
+def _check_compile(suite: Suite) -> None:
+    if any(_values(suite, "run.compile", suite.run.compile)):
+        from harness.models.compile import torch_problem
+
+        if problem := torch_problem():
+            raise SuiteError(f"run.compile: {problem}")
+
+
 def build_suite(data: dict[str, Any], source: str = "suite", overrides: tuple[str, ...] = ()) -> Suite:
     for assignment in overrides:
         apply_override(data, assignment)
     _resolve_preset(data)
+    _resolve_checkpoint(data)
     try:
         suite = Suite.model_validate(data)
     except ValidationError as err:
@@ -390,6 +452,8 @@ def build_suite(data: dict[str, Any], source: str = "suite", overrides: tuple[st
     _check_size(suite)
     _check_dtype(suite)
     _check_device(suite)
+    _check_implementations(suite)
+    _check_compile(suite)
     return suite
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from pydantic import ValidationError
 
 from harness import accounting
-from harness.config import INT64_MAX, Case
+from harness.config import INT64_MAX, Case, MoEConfig
 from harness.suite import Suite, SuiteError, format_validation_error, workload_problem
 
 
@@ -60,9 +60,52 @@ def _where(suite: Suite, point: dict[str, Any]) -> str:
     return f"sweep point ({where}): " if point else f"suite '{suite.name}': "
 
 
+def _apply_family(data: dict[str, Any], suite: Suite, point: dict[str, Any]) -> None:
+    """`model.config` names a Hugging Face family: its architecture fills every key that neither the
+    suite (or its preset) nor this sweep point sets."""
+    family = data["model"].get("config")
+    if family is None:
+        return
+    from harness.models.hf.families import defaults
+
+    for section, fills in zip(("model", "moe"), defaults(family)):
+        given = getattr(suite, section).model_fields_set
+        for key, value in fills.items():
+            if key not in given and f"{section}.{key}" not in point:
+                data[section][key] = value
+
+
+def _drop_inapplicable(data: dict[str, Any]) -> None:
+    """Reset keys the case's source ignores, so a sweep never measures one model twice under two ids."""
+    if data["model"]["source"] == "hf":
+        data["moe"]["impl"] = MoEConfig.model_fields["impl"].default  # hf: run.hf_experts_implementation
+    else:
+        data["model"]["config"] = None  # native: the family only filled in the architecture
+        data["run"]["hf_experts_implementation"] = None
+
+
+def _source_problem(case: Case) -> str | None:
+    """Why a Hugging Face case cannot be built: a key its family (or checkpoint) cannot express."""
+    if case.model.source != "hf":
+        return None
+    from harness.models.hf import families
+
+    try:
+        if case.model.path is not None:
+            families.checkpoint_conflicts(case.model, case.moe)
+        families.check(case.model, case.moe)
+    except families.Unexpressible as exc:
+        return str(exc)
+    return None
+
+
 def _check_case(suite: Suite, point: dict[str, Any], case: Case) -> None:
-    """What the run would fail on for this case: a workload it cannot run, or a size past int64."""
+    """What the run would fail on for this case: a model its source cannot build, a workload it cannot
+    run, or a size past int64."""
     what = "" if case.kind == "moe" else f"its {case.baseline} baseline: "
+    problem = _source_problem(case)
+    if problem:
+        raise SuiteError(f"{_where(suite, point)}{what}{problem}")
     for workload in suite.workloads:
         problem = workload_problem(case, workload)
         if problem:
@@ -84,10 +127,25 @@ def _moe_case(suite: Suite, point: dict[str, Any]) -> Case:
     for key, value in point.items():
         section, _, name = key.partition(".")
         data[section][name] = value
+    _apply_family(data, suite, point)
+    _drop_inapplicable(data)
     try:
         return Case.model_validate(data)
     except ValidationError as err:
         raise SuiteError(format_validation_error(err, prefix=_where(suite, point))) from None
+
+
+def _baseline(case: Case, rule: str) -> Case:
+    """The dense case `rule` derives for an MoE case (`accounting.matched_dense`); run settings that
+    only concern MoE layers are reset, so variants of one MoE configuration share their baseline."""
+    run = case.run.model_copy(update={"hf_experts_implementation": None})
+    return Case(
+        kind="dense",
+        model=accounting.matched_dense(case.model, case.moe, rule),
+        run=run,
+        baseline=rule,
+        parallel=case.parallel.model_copy(update={"expert": 1}),  # same ranks, data parallel
+    )
 
 
 def expand(suite: Suite) -> Expansion:
@@ -107,13 +165,7 @@ def expand(suite: Suite) -> Expansion:
         add(case)
         out.baseline_of[case.id] = {}
         for rule in suite.baselines:
-            dense = Case(
-                kind="dense",
-                model=accounting.matched_dense(case.model, case.moe, rule),
-                run=case.run,
-                baseline=rule,
-                parallel=case.parallel.model_copy(update={"expert": 1}),  # same ranks, data parallel
-            )
+            dense = _baseline(case, rule)
             _check_case(suite, point, dense)
             add(dense)
             out.baseline_of[case.id][rule] = dense.id

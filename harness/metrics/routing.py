@@ -29,7 +29,10 @@ _MEANED = ("load_cv", "max_mean_load", "router_entropy", "realized_capacity_fact
 
 
 def moe_layers(model: nn.Module) -> list[tuple[int, MoELayer]]:
-    """(transformer layer index, layer) for every MoE layer, in model order."""
+    """(transformer layer index, layer) for every MoE layer, in model order. A model from another
+    source (a Hugging Face one) lists its own objects with a `tally` through `routing_layers()`."""
+    if hasattr(model, "routing_layers"):
+        return model.routing_layers()
     found = []
     for name, module in model.named_modules():
         if isinstance(module, MoELayer):
@@ -40,8 +43,11 @@ def moe_layers(model: nn.Module) -> list[tuple[int, MoELayer]]:
 
 
 def reset(model: nn.Module) -> None:
+    """Start counting: clear the tallies (and ask a model that records only on request to record)."""
     for _, layer in moe_layers(model):
         layer.tally.reset()
+    if hasattr(model, "record_routing"):
+        model.record_routing(True)
 
 
 def layer_stats(tally: dict) -> dict:
@@ -67,6 +73,8 @@ def layer_stats(tally: dict) -> dict:
 def collect(model: nn.Module) -> tuple[dict, list[dict]]:
     """(case-level aggregate with `CASE_COLUMNS`, per-layer rows) since the last `reset`.
     ({}, []) for dense models or when no MoE forward ran."""
+    if hasattr(model, "record_routing"):
+        model.record_routing(False)
     rows, pooled_dropped, pooled_total = [], 0.0, 0
     for index, layer in moe_layers(model):
         tally = layer.tally.host()
@@ -86,6 +94,7 @@ def collect(model: nn.Module) -> tuple[dict, list[dict]]:
 
 def mean_losses(per_layer: list[dict[str, Tensor]]) -> dict[str, float]:
     """Coefficient-free aux losses averaged over MoE layers ({} when there are none)."""
+    per_layer = [losses for losses in per_layer if losses]
     if not per_layer:
         return {}
     return {name: sum(float(v[name]) for v in per_layer) / len(per_layer) for name in LOSS_NAMES}

@@ -106,5 +106,10 @@ class TransformerLM(nn.Module):
                 layer.router.update_bias()
 
 
-def build_model(case: Case) -> TransformerLM:
-    return TransformerLM(case.model, case.moe)
+def build_model(case: Case, device: torch.device | str = "cpu") -> nn.Module:
+    """The case's model in `run.dtype` on `device`: the harness's own, or a Hugging Face one (source hf)."""
+    if case.model.source == "hf":
+        from harness.models.hf.build import build
+
+        return build(case, device)
+    return TransformerLM(case.model, case.moe).to(device=device, dtype=getattr(torch, case.run.dtype))
