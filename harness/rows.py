@@ -29,6 +29,10 @@ def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str,
         "seq_len": m.seq_len,
         "batch_size": case.run.batch_size,
         "dtype": case.run.dtype,
+        "source": m.source,
+        "hf_family": m.config,
+        "checkpoint": m.path,
+        "compile": str(case.run.compile).lower(),
         **own,
     }
     by_id = expansion.by_id()
@@ -51,7 +55,7 @@ def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str,
         )
         if main_rule is not None:
             dense = by_id[baselines[main_rule]]
-            dense_flops = accounting.forward_flops(dense.model, None).total
+            dense_flops = accounting.summary(dense.model, None)["flops_per_token"]
             row["baseline_flops_per_token"] = dense_flops
             if main_rule == "flop_matched":
                 row["flop_match_error"] = accounting.match_error(dense_flops, own["flops_per_token"])
@@ -60,7 +64,7 @@ def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str,
         row["matched_to"] = " ".join(served)
         row["baseline_flops_per_token"] = own["flops_per_token"]
         errors = [
-            accounting.match_error(own["flops_per_token"], accounting.forward_flops(by_id[i].model, by_id[i].moe).total)
+            accounting.match_error(own["flops_per_token"], accounting.summary(by_id[i].model, by_id[i].moe)["flops_per_token"])
             for i in served
         ]
         row["flop_match_error"] = max(errors) if errors and case.baseline == "flop_matched" else None

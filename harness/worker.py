@@ -78,14 +78,19 @@ def limit_memory(case: Case, device: torch.device) -> None:
 
 
 def prepare(case: Case, workload_name: str, device: torch.device):
-    """The seeded model on its device and the workload around it."""
+    """The seeded model on its device (a user's MoE implementation checked against the reference
+    first; compiled when `run.compile` asks) and the workload around it."""
+    from harness.models import impl_check
+    from harness.models.compile import compile_model
     from harness.models.transformer import build_model
     from harness.workloads import make_workload
 
     if case.run.threads is not None:
         torch.set_num_threads(case.run.threads)
     torch.manual_seed(case.run.seed)
-    model = build_model(case).to(device=device, dtype=getattr(torch, case.run.dtype))
+    model = build_model(case, device)
+    impl_check.check(model, case)
+    compile_model(model, case.run.compile)
     return model, make_workload(workload_name, model, case, device)
 
 
@@ -94,11 +99,12 @@ def probe(model: torch.nn.Module, workload, case: Case, device: torch.device) ->
     whereas later steps depend on how many warmup steps the timing needed."""
     from harness.metrics import routing
     from harness.metrics.flops import measured_forward_flops_per_token
+    from harness.models.compile import eager
     from harness.workloads import sample_tokens
 
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eager():
         measured = measured_forward_flops_per_token(model, sample_tokens(case, device)[:, :-1])
     model.train(was_training)
     routing.reset(model)
@@ -115,9 +121,11 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
     from harness.metrics import energy, memory, nvml, utilisation
     from harness.metrics.statistics import summarize
     from harness.metrics.timing import time_steps
+    from harness.models.compile import compile_seconds
 
     device = resolve_device(case.run.device)
     limit_memory(case, device)
+    compiling_before = compile_seconds() if case.run.compile else None
     model, workload = prepare(case, workload_name, device)
     first = probe(model, workload, case, device)
 
@@ -147,10 +155,7 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
         **first["row"],
         "samples_s": timings.seconds,
     }
-    if workload.training:
-        per_token = accounting.train_flops_per_token(case.model, case.moe)
-    else:
-        per_token = accounting.forward_flops(case.model, case.moe, seq_len=workload.context_len).total
+    per_token = accounting.step_flops_per_token(case.model, case.moe, workload.training, workload.context_len)
     context = context or {}
     peak_tflops = utilisation.device_peak(
         device.type, row["device_name"], case.run.dtype, case.run.peak_tflops, context.get("matmul_tflops"),
@@ -170,6 +175,12 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
     row.update({f"{k}_start": v for k, v in gpu_start.items()})
     row.update({f"{k}_end": v for k, v in nvml.gpu_state(device).items()})
     row.update(workload.finish())
+    if row.get("decode_tokens"):
+        row["per_token_ms"] = row["latency_ms_median"] / row["decode_tokens"]
+    if compiling_before is not None:
+        row["compile_s"] = compile_seconds() - compiling_before
+    if hasattr(model, "impl_label") and case.moe is not None:
+        row["impl"] = model.impl_label
     return {"row": row, "routing_layers": first["routing_layers"], "steps": workload.step_log()}
 
 

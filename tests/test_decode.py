@@ -39,7 +39,9 @@ def test_decode_workload_generates_the_requested_tokens():
     assert workload.tokens_per_step == 2 * 4 and not workload.training
     workload.step()
     workload.step()  # decoding again from the same prefix is allowed
-    assert workload.finish() == {"prompt_len": 6, "decode_tokens": 4}
+    finished = workload.finish()
+    assert finished.pop("ttft_ms") > 0  # the prefill, timed after decoding
+    assert finished == {"prompt_len": 6, "decode_tokens": 4}
     assert workload.context_len == 6 + 2
 
 
