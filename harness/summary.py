@@ -16,7 +16,8 @@ def ratios(df: pd.DataFrame) -> pd.DataFrame:
     capacity = pairs["capacity_factor"].astype(object).where(~pairs["dropless"].fillna(False).astype(bool), "dropless")
     return pd.DataFrame({
         "case_id": pairs["case_id"], "workload": pairs["workload"], "baseline": pairs["dense_baseline"],
-        "experts": pairs["num_experts"], "top_k": pairs["top_k"], "capacity": capacity, "status": pairs["status"],
+        "experts": pairs["num_experts"], "top_k": pairs["top_k"], "capacity": capacity, "impl": pairs["impl"],
+        "status": pairs["status"],
         "throughput_x": pairs["throughput_ratio"], "memory_x": pairs["memory_ratio"],
         "dropped": pairs["dropped_fraction"],
     })

@@ -14,7 +14,7 @@ import pandas as pd
 from harness.analysis import better_above_one, config_label, coverage
 
 MIB = 2**20
-CONFIG_EXTRAS = ("router", "impl", "routing_mode", "granularity", "num_shared_experts", "d_model", "n_layers",
+CONFIG_EXTRAS = ("source", "router", "impl", "compile", "routing_mode", "granularity", "num_shared_experts", "d_model", "n_layers",
                  "seq_len", "batch_size", "dtype", "d_expert", "activation")
 """Configuration columns that enter a row's label when they vary within the run."""
 

@@ -1,0 +1,158 @@
+"""The harness's MoE layer against every experts implementation of Hugging Face transformers, on the
+same shapes, the same weights and therefore the same routing (one Mixtral sparse block per
+implementation, its weights copied from the harness layer as the hf source copies them).
+
+    python -m benchmarks.hf_experts                     # the docs/hf.md table (CPU, fp32)
+    python -m benchmarks.hf_experts --device cuda --dtype bfloat16
+
+Times forward (no grad) and forward+backward (sum of outputs as loss, input and weight grads), each
+implementation once per round right after the harness's `grouped`, and prints the median time and the
+median of the paired ratios to `grouped` (> 1: slower than the harness), so machine load hits both
+sides of a ratio alike. Routing is learned (the router's random weights), identical for all rows.
+Implementations transformers registers that cannot run here (e.g. CUDA-only kernels on a CPU) are
+listed with the reason instead of a time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from typing import Callable
+
+import torch
+
+from harness.config import ModelConfig, MoEConfig
+from harness.metrics.timing import time_steps
+from harness.models.hf.build import experts_implementations
+from harness.models.moe.layer import MoELayer
+
+REFERENCE = "grouped"
+
+
+def _steps(module: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """`x` is [tokens, d_model]; transformers' blocks take [batch, seq, d_model] (a view, one sequence)."""
+    hf = not isinstance(module, MoELayer)
+
+    def call():
+        out = module(x[None] if hf else x)
+        return out[0] if isinstance(out, tuple) else out
+
+    def forward():
+        with torch.no_grad():
+            call()
+
+    def forward_backward():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        call().sum().backward()
+
+    return {"fwd": forward, "fwd+bwd": forward_backward}
+
+
+def hf_blocks(layer: MoELayer, args, impls: list[str]) -> dict[str, torch.nn.Module]:
+    """One transformers Mixtral block per experts implementation, all sharing one copy of the weights."""
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    blocks = {}
+    shared = None
+    for impl in impls:
+        config = MixtralConfig(hidden_size=args.d_model, intermediate_size=args.d_ff, num_local_experts=layer.num_experts,
+                               num_experts_per_tok=layer.k)
+        config._experts_implementation = impl
+        block = MixtralSparseMoeBlock(config).to(layer.experts.w_in.device, layer.experts.w_in.dtype)
+        if shared is None:
+            with torch.no_grad():
+                block.gate.weight.copy_(layer.router.weight)
+                block.experts.gate_up_proj.copy_(layer.experts.w_in)
+                block.experts.down_proj.copy_(layer.experts.w_out.transpose(1, 2))
+            shared = block
+        else:
+            block.gate.weight = shared.gate.weight
+            block.experts.gate_up_proj = shared.experts.gate_up_proj
+            block.experts.down_proj = shared.experts.down_proj
+        blocks[f"hf:{impl}"] = block
+    return blocks
+
+
+def measure(experts: int, args) -> list[dict]:
+    torch.manual_seed(0)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    model = ModelConfig(d_model=args.d_model, d_ff=args.d_ff, activation="swiglu")
+    modules: dict[str, torch.nn.Module] = {}
+    for impl in args.harness_impls:
+        moe = MoEConfig(num_experts=experts, top_k=args.top_k, capacity_factor=None, impl=impl, renormalize=True,
+                        aux_loss_coef=0.0)
+        torch.manual_seed(0)
+        modules[impl] = MoELayer(model, moe).to(device, dtype)
+    modules.update(hf_blocks(modules[REFERENCE], args, experts_implementations()))
+    x = torch.randn(args.tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
+    steps = {name: _steps(m, x) for name, m in modules.items()}
+    rows, unavailable = [], {}
+    for phase in ("fwd", "fwd+bwd"):
+        for name in list(steps):  # warm-up; an implementation that cannot run here drops out
+            try:
+                time_steps(steps[name][phase], device, warmup=1, repeats=1)
+            except Exception as exc:  # noqa: BLE001 - reported, not fatal
+                unavailable[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+                del steps[name]
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        ratios: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.pairs):
+            reference = time_steps(steps[REFERENCE][phase], device, warmup=0, repeats=1).seconds[0]
+            times[REFERENCE].append(reference)
+            ratios[REFERENCE].append(1.0)
+            for name in steps:
+                if name != REFERENCE:
+                    seconds = time_steps(steps[name][phase], device, warmup=0, repeats=1).seconds[0]
+                    times[name].append(seconds)
+                    ratios[name].append(seconds / reference)
+        for name in steps:
+            rows.append(dict(experts=experts, phase=phase, impl=name, ms=statistics.median(times[name]) * 1e3,
+                             ratio=statistics.median(ratios[name])))
+    rows += [dict(experts=experts, phase="-", impl=name, unavailable=why) for name, why in unavailable.items()]
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experts", type=int, nargs="+", default=[8, 64])
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--harness-impls", nargs="+", default=["grouped", "loop"], help=f"must include {REFERENCE}")
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--d-ff", type=int, default=1024, help="expert width (SwiGLU)")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--pairs", type=int, default=7, help="timed rounds per phase")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = p.parse_args(argv)
+    if REFERENCE not in args.harness_impls:
+        p.error(f"--harness-impls must include {REFERENCE}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.device}, {args.dtype}, d_model {args.d_model}, expert d_ff {args.d_ff} (SwiGLU), "
+          f"{args.tokens} tokens, top-{args.top_k}, dropless, learned routing")
+    print(f"load average before: {_load()}")
+    print(f"{'experts':>7} {'phase':>8} {'impl':>16} {'ms':>9} {'/grouped':>9}")
+    for experts in args.experts:
+        for r in measure(experts, args):
+            if "unavailable" in r:
+                print(f"{r['experts']:>7} {'':>8} {r['impl']:>16}  unavailable here: {r['unavailable']}")
+            else:
+                print(f"{r['experts']:>7} {r['phase']:>8} {r['impl']:>16} {r['ms']:>9.2f} {r['ratio']:>9.3f}", flush=True)
+    print(f"load average after: {_load()}")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unavailable"
+
+
+if __name__ == "__main__":
+    main()
