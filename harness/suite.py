@@ -105,25 +105,26 @@ def _defines(spec: ModuleSpec, attr: str) -> Optional[bool]:
     return None if "__getattr__" in names else attr in names
 
 
-def custom_workload_problem(name: str) -> Optional[str]:
-    """Why `package.module:function` cannot be a workload, found without importing the module."""
+def custom_workload_problem(name: str, what: str = "workload") -> Optional[str]:
+    """Why `package.module:function` cannot be a workload (or another plug-in, `what`), found without
+    importing the module."""
     module, _, function = name.partition(":")
     if not all(part.isidentifier() for part in module.split(".")) or not function.isidentifier():
-        return f"workload {name!r}: expected 'package.module:function' (dotted Python names)"
+        return f"{what} {name!r}: expected 'package.module:function' (dotted Python names)"
     try:
         spec = find_module(module)
     except (ImportError, ValueError):
         spec = None
     if spec is None:
-        return f"workload {name!r}: no module {module!r} on the Python path"
+        return f"{what} {name!r}: no module {module!r} on the Python path"
     try:
         defined = _defines(spec, function)
     except SyntaxError as exc:
-        return f"workload {name!r}: {spec.origin} line {exc.lineno}: syntax error ({exc.msg})"
+        return f"{what} {name!r}: {spec.origin} line {exc.lineno}: syntax error ({exc.msg})"
     except (ValueError, RecursionError, MemoryError) as exc:
-        return f"workload {name!r}: cannot read {spec.origin} ({type(exc).__name__})"
+        return f"{what} {name!r}: cannot read {spec.origin} ({type(exc).__name__})"
     if defined is False:
-        return f"workload {name!r}: module {module!r} defines no {function!r}"
+        return f"{what} {name!r}: module {module!r} defines no {function!r}"
     return None
 
 
@@ -314,16 +315,11 @@ def _resolve_checkpoint(data: dict[str, Any]) -> None:
         data["moe"] = {**fixed_moe, **(data.get("moe") or {})}
 
 
-def _dotted_module_problem(key: str, name: str) -> Optional[str]:
-    module = name.partition(":")[0]
-    return None if _module_exists(module) else f"{key}: {name!r}: no module {module!r} on the Python path"
-
-
 def _check_implementations(suite: Suite) -> None:
     """User implementations must be importable; Hugging Face sources need transformers, and their
     experts implementation must be one the installed transformers offers."""
     for impl in _values(suite, "moe.impl", suite.moe.impl):
-        if ":" in impl and (problem := _dotted_module_problem("moe.impl", impl)):
+        if isinstance(impl, str) and ":" in impl and (problem := custom_workload_problem(impl, "moe.impl")):
             raise SuiteError(problem)
     if "hf" not in _values(suite, "model.source", suite.model.source):
         return
@@ -333,9 +329,11 @@ def _check_implementations(suite: Suite) -> None:
     if problem:
         raise SuiteError(f"model.source: hf: {problem}")
     offered = None
-    for impl in set(_values(suite, "run.hf_experts_implementation", suite.run.hf_experts_implementation)) - {None}:
+    for impl in _values(suite, "run.hf_experts_implementation", suite.run.hf_experts_implementation):
+        if not isinstance(impl, str):
+            continue  # None (transformers' choice), or a value the schema refuses
         if ":" in impl:
-            if problem := _dotted_module_problem("run.hf_experts_implementation", impl):
+            if problem := custom_workload_problem(impl, "run.hf_experts_implementation"):
                 raise SuiteError(problem)
             continue
         offered = offered or experts_implementations()
@@ -432,7 +430,7 @@ def workload_problem(case: Case, workload: str) -> Optional[str]:
 
 
 def _check_compile(suite: Suite) -> None:
-    if any(_values(suite, "run.compile", suite.run.compile)):
+    if any(value not in (False, None) for value in _values(suite, "run.compile", suite.run.compile)):
         from harness.models.compile import torch_problem
 
         if problem := torch_problem():

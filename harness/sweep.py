@@ -63,11 +63,11 @@ def _where(suite: Suite, point: dict[str, Any]) -> str:
 def _apply_family(data: dict[str, Any], suite: Suite, point: dict[str, Any]) -> None:
     """`model.config` names a Hugging Face family: its architecture fills every key that neither the
     suite (or its preset) nor this sweep point sets."""
-    family = data["model"].get("config")
-    if family is None:
-        return
-    from harness.models.hf.families import defaults
+    from harness.models.hf.families import FAMILIES, defaults
 
+    family = data["model"].get("config")
+    if not isinstance(family, str) or family not in FAMILIES:
+        return  # none, or one the schema refuses with the list of families
     for section, fills in zip(("model", "moe"), defaults(family)):
         given = getattr(suite, section).model_fields_set
         for key, value in fills.items():
@@ -76,12 +76,19 @@ def _apply_family(data: dict[str, Any], suite: Suite, point: dict[str, Any]) -> 
 
 
 def _drop_inapplicable(data: dict[str, Any]) -> None:
-    """Reset keys the case's source ignores, so a sweep never measures one model twice under two ids."""
-    if data["model"]["source"] == "hf":
-        data["moe"]["impl"] = MoEConfig.model_fields["impl"].default  # hf: run.hf_experts_implementation
+    """Reset (valid) keys the case's source ignores, so a sweep never measures one model twice under
+    two ids; an invalid value stays for the schema to refuse."""
+    from harness.models.hf.families import FAMILIES
+
+    model, moe, run = data["model"], data["moe"], data["run"]
+    if model.get("source") == "hf":
+        if isinstance(moe.get("impl"), str):
+            moe["impl"] = MoEConfig.model_fields["impl"].default  # hf: run.hf_experts_implementation
     else:
-        data["model"]["config"] = None  # native: the family only filled in the architecture
-        data["run"]["hf_experts_implementation"] = None
+        if model.get("config") in FAMILIES:
+            model["config"] = None  # native: the family only filled in the architecture
+        if isinstance(run.get("hf_experts_implementation"), str):
+            run["hf_experts_implementation"] = None
 
 
 def _source_problem(case: Case) -> str | None:

@@ -153,7 +153,7 @@ def test_a_swept_key_the_family_cannot_express_is_refused(write_suite, capsys, k
 
 def test_unknown_experts_implementation_lists_what_transformers_offers(write_suite):
     with pytest.raises(SuiteError) as err:
-        load_suite(write_suite(HF_SUITE + "run: {hf_experts_implementation: magic}\n"))
+        load_suite(write_suite(HF_SUITE), ("run.hf_experts_implementation=magic",))
     offered = experts_implementations()
     assert {"eager", "batched_mm", "grouped_mm"} <= set(offered)
     assert "'magic'" in str(err.value) and all(name in str(err.value) for name in offered)
