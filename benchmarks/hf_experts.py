@@ -10,7 +10,9 @@ implementation once per round right after the harness's `grouped`, and prints th
 median of the paired ratios to `grouped` (> 1: slower than the harness), so machine load hits both
 sides of a ratio alike. Routing is learned (the router's random weights), identical for all rows.
 Implementations transformers registers that cannot run here (e.g. CUDA-only kernels on a CPU) are
-listed with the reason instead of a time.
+listed with the reason instead of a time; so is `batched_mm` when its per-assignment copies of the
+expert weights (tokens x top_k x 3 x d_model x d_ff elements, made by design for small inputs) would
+exceed --max-gather-gib.
 """
 from __future__ import annotations
 
@@ -75,7 +77,12 @@ def hf_blocks(layer: MoELayer, args, impls: list[str]) -> dict[str, torch.nn.Mod
     return blocks
 
 
-def measure(experts: int, args) -> list[dict]:
+def gather_gib(tokens: int, args, dtype: torch.dtype) -> float:
+    """Memory batched_mm's weight gathers take: one [2f, d] and one [d, f] matrix per (token, slot)."""
+    return tokens * args.top_k * 3 * args.d_model * args.d_ff * torch.finfo(dtype).bits / 8 / 2**30
+
+
+def measure(experts: int, tokens: int, args) -> list[dict]:
     torch.manual_seed(0)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model = ModelConfig(d_model=args.d_model, d_ff=args.d_ff, activation="swiglu")
@@ -85,14 +92,19 @@ def measure(experts: int, args) -> list[dict]:
                         aux_loss_coef=0.0)
         torch.manual_seed(0)
         modules[impl] = MoELayer(model, moe).to(device, dtype)
-    modules.update(hf_blocks(modules[REFERENCE], args, experts_implementations()))
-    x = torch.randn(args.tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
-    steps = {name: _steps(m, x) for name, m in modules.items()}
     rows, unavailable = [], {}
+    hf_impls = experts_implementations()
+    if "batched_mm" in hf_impls and gather_gib(tokens, args, dtype) > args.max_gather_gib:
+        hf_impls.remove("batched_mm")
+        unavailable["hf:batched_mm"] = (f"its per-assignment weight copies need {gather_gib(tokens, args, dtype):.3g} GiB "
+                                        f"(> --max-gather-gib {args.max_gather_gib:g})")
+    modules.update(hf_blocks(modules[REFERENCE], args, hf_impls))
+    x = torch.randn(tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
+    steps = {name: _steps(m, x) for name, m in modules.items()}
     for phase in ("fwd", "fwd+bwd"):
-        for name in list(steps):  # warm-up; an implementation that cannot run here drops out
+        for name in list(steps):  # warm-up until step times settle; one that cannot run here drops out
             try:
-                time_steps(steps[name][phase], device, warmup=1, repeats=1)
+                time_steps(steps[name][phase], device, warmup=2, repeats=1, max_warmup=5)
             except Exception as exc:  # noqa: BLE001 - reported, not fatal
                 unavailable[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
                 del steps[name]
@@ -108,9 +120,9 @@ def measure(experts: int, args) -> list[dict]:
                     times[name].append(seconds)
                     ratios[name].append(seconds / reference)
         for name in steps:
-            rows.append(dict(experts=experts, phase=phase, impl=name, ms=statistics.median(times[name]) * 1e3,
-                             ratio=statistics.median(ratios[name])))
-    rows += [dict(experts=experts, phase="-", impl=name, unavailable=why) for name, why in unavailable.items()]
+            rows.append(dict(experts=experts, tokens=tokens, phase=phase, impl=name,
+                             ms=statistics.median(times[name]) * 1e3, ratio=statistics.median(ratios[name])))
+    rows += [dict(experts=experts, tokens=tokens, phase="-", impl=name, unavailable=why) for name, why in unavailable.items()]
     return rows
 
 
@@ -121,7 +133,8 @@ def main(argv=None) -> None:
     p.add_argument("--harness-impls", nargs="+", default=["grouped", "loop"], help=f"must include {REFERENCE}")
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--d-ff", type=int, default=1024, help="expert width (SwiGLU)")
-    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--tokens", type=int, nargs="+", default=[64, 4096], help="64: decode-sized, 4096: prefill-sized")
+    p.add_argument("--max-gather-gib", type=float, default=4.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--pairs", type=int, default=7, help="timed rounds per phase")
@@ -135,15 +148,17 @@ def main(argv=None) -> None:
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
           f"{args.device}, {args.dtype}, d_model {args.d_model}, expert d_ff {args.d_ff} (SwiGLU), "
-          f"{args.tokens} tokens, top-{args.top_k}, dropless, learned routing")
+          f"top-{args.top_k}, dropless, learned routing")
     print(f"load average before: {_load()}")
-    print(f"{'experts':>7} {'phase':>8} {'impl':>16} {'ms':>9} {'/grouped':>9}")
+    print(f"{'experts':>7} {'tokens':>6} {'phase':>8} {'impl':>16} {'ms':>9} {'/grouped':>9}")
     for experts in args.experts:
-        for r in measure(experts, args):
-            if "unavailable" in r:
-                print(f"{r['experts']:>7} {'':>8} {r['impl']:>16}  unavailable here: {r['unavailable']}")
-            else:
-                print(f"{r['experts']:>7} {r['phase']:>8} {r['impl']:>16} {r['ms']:>9.2f} {r['ratio']:>9.3f}", flush=True)
+        for tokens in args.tokens:
+            for r in measure(experts, tokens, args):
+                head = f"{r['experts']:>7} {r['tokens']:>6}"
+                if "unavailable" in r:
+                    print(f"{head} {'':>8} {r['impl']:>16}  not run: {r['unavailable']}")
+                else:
+                    print(f"{head} {r['phase']:>8} {r['impl']:>16} {r['ms']:>9.2f} {r['ratio']:>9.3f}", flush=True)
     print(f"load average after: {_load()}")
 
 

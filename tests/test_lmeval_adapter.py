@@ -141,3 +141,60 @@ def test_unknown_task_is_a_clear_error(lm_eval):
 
     with pytest.raises(ValueError, match=r"unknown lm-eval task\(s\) \['nope'\].*harness_cloze"):
         evaluate(tiny_model(), ["nope"])
+
+
+@pytest.fixture
+def hf_checkpoint(tmp_path):
+    """A tiny random Mixtral with a byte-level BPE tokenizer trained on a few words, saved to disk."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="lm-eval's hf model needs accelerate (lm-eval[hf])")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer.train_from_iterator(["the model reads the text and the text reads the model"], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    model = ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, seq_len=1024,
+                        source="hf", config="mixtral", activation="swiglu", norm="rmsnorm", positional="rope",
+                        tie_embeddings=False)
+    moe = MoEConfig(num_experts=4, top_k=2, capacity_factor=None, renormalize=True)
+    torch.manual_seed(0)
+    hf = build_model(Case(kind="moe", model=model, moe=moe, run=RunSettings(device="cpu"))).hf
+    hf.config.bos_token_id = hf.config.eos_token_id = fast.eos_token_id
+    hf.config.pad_token_id = None
+    hf.save_pretrained(tmp_path / "ckpt")
+    fast.save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt", hf.eval(), fast
+
+
+def test_evaluate_hf_scores_a_checkpoint_with_lm_evals_hf_model(lm_eval, hf_checkpoint):
+    """bits per byte from lm-eval's HFLM equal our own log-likelihood of the texts under the checkpoint."""
+    import json
+
+    import harness.lmeval_adapter as adapter
+
+    path, hf, tokenizer = hf_checkpoint
+    prose = adapter.evaluate_hf(path, ["harness_prose"])["harness_prose"]
+    texts = [json.loads(line)["text"] for line in open(adapter.TASKS_DIR / "data" / "harness_prose.jsonl")]
+    total = 0.0
+    with torch.no_grad():
+        for text in texts:
+            ids = [tokenizer.eos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+            logprobs = F.log_softmax(hf(torch.tensor([ids[:-1]])).logits[0].float(), -1)
+            total += float(logprobs.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+    n_bytes = sum(len(t.encode()) for t in texts)
+    assert prose["n"] == len(texts)
+    assert prose["bits_per_byte"] == pytest.approx(-total / n_bytes / math.log(2), rel=1e-4)
+
+
+def test_evaluate_hf_refuses_a_folder_without_a_checkpoint(lm_eval, tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from harness.lmeval_adapter import evaluate_hf
+
+    with pytest.raises(ValueError, match="not a Hugging Face checkpoint"):
+        evaluate_hf(tmp_path)

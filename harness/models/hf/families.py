@@ -174,7 +174,7 @@ def read_checkpoint_config(path: str) -> dict[str, Any]:
         raise Unexpressible(f"model.path: {config} is not valid JSON ({exc.msg})") from None
 
 
-def _moe_layers(cfg: dict[str, Any], n_layers: int) -> tuple[int, int]:
+def _moe_layers(cfg: dict[str, Any]) -> tuple[int, int]:
     """(first_dense, every) of a Qwen checkpoint's MoE-layer pattern."""
     step = int(cfg.get("decoder_sparse_step", 1) or 1)
     dense = sorted(cfg.get("mlp_only_layers") or [])
@@ -217,7 +217,7 @@ def from_checkpoint(path: str) -> tuple[dict[str, Any], Optional[dict[str, Any]]
         moe.update(num_experts=cfg["num_experts"], d_expert=cfg["intermediate_size"])
     else:
         experts = cfg.get("num_experts", cfg.get("num_local_experts"))
-        first_dense, every = _moe_layers(cfg, cfg["num_hidden_layers"])
+        first_dense, every = _moe_layers(cfg)
         moe.update(num_experts=experts, d_expert=cfg["moe_intermediate_size"], first_dense=first_dense, every=every)
         if name == "qwen2_moe":
             moe.update(num_shared_experts=1, d_shared=cfg["shared_expert_intermediate_size"], shared_gate=True)
