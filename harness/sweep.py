@@ -95,6 +95,8 @@ def _source_problem(case: Case) -> str | None:
     """Why a Hugging Face case cannot be built: a key its family (or checkpoint) cannot express."""
     if case.model.source != "hf":
         return None
+    if case.parallel.nproc > 1:
+        return f"parallel.nproc={case.parallel.nproc}: a Hugging Face model runs in one process here (parallel.nproc: 1)"
     from harness.models.hf import families
 
     try:

@@ -151,6 +151,11 @@ def test_a_swept_key_the_family_cannot_express_is_refused(write_suite, capsys, k
     assert key in err and "mixtral cannot express" in err and "Traceback" not in err
 
 
+def test_a_multi_rank_hf_case_is_refused(write_suite, capsys):
+    assert main(["validate", str(write_suite(HF_SUITE + "parallel: {nproc: 2}\n"))]) == 2
+    assert "parallel.nproc=2" in capsys.readouterr().err
+
+
 def test_unknown_experts_implementation_lists_what_transformers_offers(write_suite):
     with pytest.raises(SuiteError) as err:
         load_suite(write_suite(HF_SUITE), ("run.hf_experts_implementation=magic",))
