@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.contracts import ContractError, RunInfo, read_run_info
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
 
 DTYPES: dict[str, str] = {name: column.dtype for name, column in COLUMNS.items()}
@@ -104,15 +105,18 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-def load_run_info(run_dir: str | Path) -> dict[str, Any]:
-    """run.json of a run (suite, suite_yaml, fingerprint, started, finished); {} when absent."""
+def load_run_info(run_dir: str | Path) -> RunInfo:
+    """run.json of a run (suite, suite_yaml, fingerprint, started, finished, calibration), from any
+    format version this harness reads; an empty `RunInfo` when the folder has none."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        return {}
+        return RunInfo()
     try:
-        return json.loads(path.read_text())
+        return read_run_info(json.loads(path.read_text()), str(path))
     except json.JSONDecodeError as exc:
         raise RunError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except ContractError as exc:
+        raise RunError(str(exc)) from None
 
 
 def load_routing_layers(run_dir: str | Path) -> pd.DataFrame | None:

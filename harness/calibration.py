@@ -4,13 +4,14 @@
 - on CPU, the matmul TFLOP/s per dtype and thread count that MFU is measured against (kept in the fingerprint).
 
 Both happen in the runner, with no case running, so every case is measured against the same reference.
-They are stored in run.json under `calibration` (runs written before this name call it `baselines`).
+The result is a `contracts.Calibration`, stored in run.json under `calibration`.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
 from harness.config import Case
+from harness.contracts import Calibration, IdlePower
 
 IDLE_SECONDS = 5.0
 CALIBRATION_SECONDS = 0.3
@@ -25,18 +26,13 @@ def device_type(requested: str) -> str:
     return "cuda" if requested == "cuda" or torch.cuda.is_available() else "cpu"
 
 
-def calibration_of(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's stored calibration, under its current key or the one older runs used."""
-    return meta.get("calibration") or meta.get("baselines")
-
-
 def calibrate(
     cases: Iterable[Case],
-    previous: Optional[dict[str, Any]] = None,
+    previous: Optional[Calibration] = None,
     idle_seconds: float = IDLE_SECONDS,
     **energy_options: Any,
-) -> dict[str, Any]:
-    """{'idle': {device_type: idle columns}, 'matmul_tflops': {'<dtype>@<n>threads': TFLOP/s}} for these cases.
+) -> Calibration:
+    """Idle power per device type and CPU matmul TFLOP/s per '<dtype>@<n>threads' for these cases.
 
     Idle power is measured again on every call (a resumed run gets a fresh one; each row records the
     value it used); the calibration is kept from `previous`, since it belongs to the run's fingerprint.
@@ -50,12 +46,12 @@ def calibrate(
     for kind in sorted(types):
         if any(c.run.measure_energy for c in cases if device_type(c.run.device) == kind):
             device = "cpu" if kind == "cpu" else _cuda0()
-            idle[kind] = measure_idle(device, idle_seconds, **energy_options)
+            idle[kind] = IdlePower(**measure_idle(device, idle_seconds, **energy_options))
 
     import torch
 
     default_threads = torch.get_num_threads()  # what a worker without run.threads gets on this machine
-    matmul = dict((previous or {}).get("matmul_tflops") or {})
+    matmul = dict(previous.matmul_tflops) if previous is not None else {}
     wanted = {(c.run.dtype, c.run.threads or default_threads) for c in cases
               if device_type(c.run.device) == "cpu" and c.run.peak_tflops is None}
     for dtype, threads in sorted(wanted):
@@ -66,7 +62,7 @@ def calibrate(
                 matmul[key] = calibrate_matmul_tflops(dtype, min_time_s=CALIBRATION_SECONDS)
             finally:
                 torch.set_num_threads(default_threads)
-    return {"idle": idle, "matmul_tflops": matmul}
+    return Calibration(idle=idle, matmul_tflops=matmul)
 
 
 def _cuda0() -> Any:

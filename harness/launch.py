@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import Case
+from harness.contracts import RESULT_VERSION, Calibration, WorkerJob, WorkerResult, read_versioned
 
 SIGNAL_NAMES = {getattr(signal, n): n for n in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGTERM", "SIGINT", "SIGILL", "SIGFPE")}
 OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
@@ -68,10 +69,10 @@ def run_job(
     job: Job,
     run_dir: Path,
     echo_logs: bool = False,
-    context: dict[str, Any] | None = None,
+    context: Calibration | None = None,
     pair_with: Case | None = None,
-) -> dict[str, Any]:
-    """Run one worker; always returns a result dict with a status, whatever happened to the worker.
+) -> WorkerResult:
+    """Run one worker; always returns a result with a status, whatever happened to the worker.
 
     With `pair_with`, the worker times the two cases interleaved and returns both sides' samples.
     """
@@ -79,12 +80,10 @@ def run_job(
     logs.mkdir(exist_ok=True)
     suffix = f"-interleaved-{pair_with.id}" if pair_with else ""
     log_path = logs / f"{job.case.id}-{job.workload}{suffix}.log"
-    payload = {"case": job.case.model_dump(mode="json"), "workload": job.workload, "context": context or {}}
-    if pair_with is not None:
-        payload["pair_with"] = pair_with.model_dump(mode="json")
+    payload = WorkerJob(case=job.case, workload=job.workload, context=context or Calibration(), pair_with=pair_with)
     with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_path.write_text(json.dumps(payload))
+        job_path.write_text(payload.model_dump_json())
         cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
         oom_before = oom_kills()
         with open(log_path, "w") as log:
@@ -93,20 +92,21 @@ def run_job(
                 returncode = proc.wait(timeout=job.case.run.timeout_s)
             except subprocess.TimeoutExpired:
                 _kill(proc)
-                return {"status": "timeout", "error": f"no result after the {job.case.run.timeout_s:g} s timeout (run.timeout_s)"}
+                return WorkerResult(status="timeout",
+                                    error=f"no result after the {job.case.run.timeout_s:g} s timeout (run.timeout_s)")
             except BaseException:
                 _kill(proc)
                 raise
         if echo_logs:
             sys.stderr.write(log_path.read_text(errors="replace"))
         if result_path.exists():
-            return json.loads(result_path.read_text())
+            return read_versioned(WorkerResult, json.loads(result_path.read_text()), RESULT_VERSION, str(result_path))
         if returncode < 0:
             status, reason = _signal_reason(returncode, oom_before, oom_kills())
         else:
             status, reason = "failed", f"worker exited with code {returncode} and no result"
         tail = _last_line(log_path)
-        return {"status": status, "error": f"{reason}: {tail}" if tail else reason}
+        return WorkerResult(status=status, error=f"{reason}: {tail}" if tail else reason)
 
 
 def _kill(proc: subprocess.Popen) -> None:

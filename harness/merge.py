@@ -8,16 +8,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.contracts import RunInfo
 from harness.environment import comparable
 from harness.lock import RunLock, note_takeover
 from harness.store import RunStore, read_jsonl
 from harness.suite import SuiteError
 
 
-def incomplete(metas: list[dict]) -> list[str]:
+def incomplete(metas: list[RunInfo]) -> list[str]:
     """Why these runs do not add up to one whole run: missing shards, or a shard that did not finish."""
     problems = []
-    shards = [tuple(m["shard"]) for m in metas if m.get("shard")]
+    shards = [m.shard for m in metas if m.shard]
     if shards:
         counts = {n for _, n in shards}
         if len(counts) > 1:
@@ -28,8 +29,8 @@ def incomplete(metas: list[dict]) -> list[str]:
             if missing:
                 problems.append(f"shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing")
     for m in metas:
-        if not m.get("finished") or m.get("interrupted"):
-            where = f"shard {m['shard'][0]}/{m['shard'][1]}" if m.get("shard") else "a run"
+        if not m.finished or m.interrupted:
+            where = f"shard {m.shard[0]}/{m.shard[1]}" if m.shard else "a run"
             problems.append(f"{where} did not finish (resume it first)")
     return problems
 
@@ -42,9 +43,9 @@ def merge(dirs: list[Path], out: Path, allow_partial: bool = False) -> RunStore:
     metas = [s.read_meta() for s in stores]
     first = metas[0]
     for store, meta in zip(stores[1:], metas[1:]):
-        if meta["suite"] != first["suite"]:
+        if meta.suite != first.suite:
             raise SuiteError(f"merge: {store.root} ran a different suite than {stores[0].root}; refusing to mix them")
-        differs = comparable(first["fingerprint"], meta["fingerprint"])
+        differs = comparable(first.fingerprint, meta.fingerprint)
         if differs:
             raise SuiteError(f"merge: {store.root} ran on a different environment ({', '.join(differs)} differ); refusing to mix")
     problems = incomplete(metas)
@@ -56,14 +57,13 @@ def merge(dirs: list[Path], out: Path, allow_partial: bool = False) -> RunStore:
         if target.journal.exists():
             raise SuiteError(f"merge: --out {out} already holds a run")
         rows = [r for s in stores for r in s.rows()]
-        merged = {
-            **first,
+        merged = first.model_copy(update={
             "shard": None,
             "merged_from": [str(d) for d in dirs],
             "incomplete": problems or None,
-            "started": min((m.get("started") or "" for m in metas), default="") or None,
-            "finished": max((m.get("finished") or "") for m in metas) or None,
-        }
+            "started": min((m.started or "" for m in metas), default="") or None,
+            "finished": max((m.finished or "") for m in metas) or None,
+        })
         target.write_meta(merged)
         for name in ("layers_journal", "steps_journal"):
             target.append_records(getattr(target, name), [r for s in stores for r in read_jsonl(getattr(s, name))])

@@ -9,6 +9,7 @@ from typing import Any
 
 from harness import accounting
 from harness.config import Case
+from harness.contracts import WorkerResult
 from harness.sweep import Expansion
 
 
@@ -71,17 +72,17 @@ def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str,
     return row
 
 
-def result_row(case: Case, workload: str, result: dict[str, Any], expansion: Expansion, suite_name: str,
+def result_row(case: Case, workload: str, result: WorkerResult, expansion: Expansion, suite_name: str,
                fingerprint: dict[str, Any]) -> dict[str, Any]:
     """A result row; provenance comes from the process that measured it (a resumed run may be newer)."""
     row = case_columns(case, expansion, suite_name)
     row.update(
         workload=workload,
-        status=result["status"],
-        error=result.get("error"),
+        status=result.status,
+        error=result.error,
         harness_version=fingerprint["harness_version"],
         torch_version=fingerprint["torch"],
         git_commit=fingerprint["git_commit"],
     )
-    row.update(result.get("row", {}))
+    row.update(result.row)
     return row

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis import load
-from harness.calibration import calibrate, calibration_of
+from harness.calibration import calibrate
 from harness.config import Case
+from harness.contracts import RunInfo
 from harness.environment import comparable, fingerprint
 from harness.launch import Job, run_job
 from harness.metrics.statistics import ratio_ci
@@ -62,7 +63,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _load(args: argparse.Namespace, here: dict[str, Any]) -> tuple[Suite, str, RunStore, dict[str, Any] | None]:
+def _load(args: argparse.Namespace, here: dict[str, Any]) -> tuple[Suite, str, RunStore, RunInfo | None]:
     """The suite, its YAML text and the store; for --resume, taken from the run folder."""
     if args.resume:
         if args.out or args.shard:
@@ -71,18 +72,18 @@ def _load(args: argparse.Namespace, here: dict[str, Any]) -> tuple[Suite, str, R
             raise SuiteError(f"--resume {args.resume}: no run.json there; not a run folder")
         store = RunStore(Path(args.resume))
         meta = store.read_meta()
-        differs = comparable(meta["fingerprint"], here)
+        differs = comparable(meta.fingerprint, here)
         if differs:
             raise SuiteError(
                 f"--resume {args.resume}: this machine differs from the run's ({', '.join(differs)}); "
                 "its numbers would not be comparable, start a new run"
             )
-        suite = build_suite(meta["suite"], source=f"{args.resume}/run.json")
+        suite = build_suite(meta.suite, source=f"{args.resume}/run.json")
         if args.suite:
             given = load_suite(args.suite, tuple(args.overrides))
             if given.model_dump() != suite.model_dump():
                 raise SuiteError(f"--resume {args.resume}: {args.suite} differs from the suite of that run")
-        return suite, meta.get("suite_yaml", ""), store, meta
+        return suite, meta.suite_yaml, store, meta
     if not args.suite:
         raise SuiteError("run: give a suite file (or --resume DIR)")
     suite = load_suite(args.suite, tuple(args.overrides))
@@ -99,26 +100,18 @@ def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signatur
 def main(args: argparse.Namespace) -> int:
     here = fingerprint()
     suite, suite_yaml, store, meta = _load(args, here)
-    shard = parse_shard(args.shard) if not meta else (tuple(meta["shard"]) if meta.get("shard") else None)
+    shard = parse_shard(args.shard) if meta is None else meta.shard
     expansion = expand(suite)
     jobs = jobs_for(suite, expansion, shard)
     if meta is None:
-        meta = {
-            "suite": suite.model_dump(mode="json"),
-            "suite_yaml": suite_yaml,
-            "overrides": list(args.overrides),
-            "shard": list(shard) if shard else None,
-            "fingerprint": here,
-            "started": _now(),
-            "finished": None,
-        }
+        meta = RunInfo(suite=suite.model_dump(mode="json"), suite_yaml=suite_yaml, overrides=list(args.overrides),
+                       shard=shard, fingerprint=here, started=_now())
         store.write_meta(meta)
     done = store.done(include_failed=not args.rerun_failed)
     todo = [job for job in jobs if job.key not in done]
-    context = calibrate([job.case for job in todo], previous=calibration_of(meta))
-    meta.pop("baselines", None)  # what runs written before the rename called it
-    meta["calibration"] = context
-    meta["fingerprint"]["matmul_tflops"] = context["matmul_tflops"]
+    context = calibrate([job.case for job in todo], previous=meta.calibration)
+    meta.calibration = context
+    meta.fingerprint["matmul_tflops"] = dict(context.matmul_tflops)
     store.write_meta(meta)
 
     progress = Progress(total=len(jobs), done=len(jobs) - len(todo), quiet=args.quiet)
@@ -131,10 +124,9 @@ def main(args: argparse.Namespace) -> int:
                 started = time.perf_counter()
                 result = run_job(job, store.root, echo_logs=args.verbose, context=context)
                 row = result_row(job.case, job.workload, result, expansion, suite.name, here)
-                details = {key: result.get(key, []) for key in ("routing_layers", "steps")}
-                for record in (*details["routing_layers"], *details["steps"]):
+                for record in (*result.routing_layers, *result.steps):
                     record.update(case_id=job.case.id, workload=job.workload)
-                store.append(row, details["routing_layers"], details["steps"])
+                store.append(row, result.routing_layers, result.steps)
                 if suite.interleave and job.case.kind == "moe" and row["status"] == "ok" and row.get("matched_to"):
                     # stored once already, so an interrupt here loses only the ratio; the latest row wins
                     row.update(_interleaved_ratio(job, expansion.by_id()[row["matched_to"]], store.root, args.verbose))
@@ -146,8 +138,8 @@ def main(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-    meta["finished"] = _now()
-    meta["interrupted"] = interrupted
+    meta.finished = _now()
+    meta.interrupted = interrupted
     store.write_meta(meta)
     store.write_tables()
     if interrupted:
@@ -168,10 +160,10 @@ def main(args: argparse.Namespace) -> int:
 def _interleaved_ratio(job: Job, baseline: Case, run_dir: Path, verbose: bool) -> dict[str, Any]:
     """MoE throughput over its baseline's from alternating steps in one process, with a bootstrap CI."""
     result = run_job(job, run_dir, echo_logs=verbose, pair_with=baseline)
-    if result.get("status") != "ok":
-        return {"throughput_ratio_ci_method": f"unavailable: interleaved pair {result.get('status')}: {result.get('error')}"}
+    if result.status != "ok":
+        return {"throughput_ratio_ci_method": f"unavailable: interleaved pair {result.status}: {result.error}"}
     # equal tokens per step on both sides, so throughput ratio = dense latency / MoE latency
-    ratio, low, high = ratio_ci(result["samples_b"], result["samples_a"], seed=job.case.run.seed)
+    ratio, low, high = ratio_ci(result.samples_b, result.samples_a, seed=job.case.run.seed)
     return {
         "interleaved_throughput_ratio": ratio,
         "throughput_ratio_ci_low": low,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
 from harness.analysis import typed
+from harness.contracts import RunInfo, read_run_info
 from harness.errors import UserError
 from harness.results import COLUMNS
 
@@ -66,10 +67,13 @@ class RunStore:
         self.steps_journal = self.root / "steps.jsonl"
         self.meta_path = self.root / "run.json"
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        self._writing(self.meta_path, lambda: write_atomic(self.meta_path, lambda p: p.write_text(json.dumps(meta, indent=2, default=str))))
+    def write_meta(self, meta: RunInfo | Mapping[str, Any]) -> None:
+        """Write run.json (a mapping is read as a `RunInfo` first, so the file always has its format version)."""
+        info = meta if isinstance(meta, RunInfo) else read_run_info(dict(meta), str(self.meta_path))
+        text = json.dumps(info.to_json(), indent=2, default=str)
+        self._writing(self.meta_path, lambda: write_atomic(self.meta_path, lambda p: p.write_text(text)))
 
-    def read_meta(self) -> dict[str, Any]:
+    def read_meta(self) -> RunInfo:
         """run.json, or RunFolderError naming what is wrong and the command that rebuilds it."""
         try:
             text = self.meta_path.read_text(errors="replace")
@@ -88,7 +92,7 @@ class RunStore:
                 f"(its rows are kept): python -m harness run SUITE.yaml --resume {self.root} "
                 "(add the --set and --shard options of the original run)"
             )
-        return meta
+        return read_run_info(meta, str(self.meta_path))
 
     def _writing(self, path: Path, write) -> None:
         try:

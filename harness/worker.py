@@ -38,6 +38,7 @@ if __name__ == "__main__":
 import torch  # noqa: E402 - after the parent-death request above
 
 from harness.config import Case
+from harness.contracts import JOB_VERSION, Calibration, IdlePower, WorkerJob, WorkerResult, read_versioned
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -116,7 +117,8 @@ def probe(model: torch.nn.Module, workload, case: Case, device: torch.device) ->
     }
 
 
-def measure(case: Case, workload_name: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+def measure(case: Case, workload_name: str, context: Calibration | None = None) -> dict[str, Any]:
+    """The measured fields of a `WorkerResult`: the row's columns, per-layer routing and per-step losses."""
     from harness import accounting
     from harness.metrics import energy, memory, nvml, utilisation
     from harness.metrics.statistics import summarize
@@ -156,19 +158,19 @@ def measure(case: Case, workload_name: str, context: dict[str, Any] | None = Non
         "samples_s": timings.seconds,
     }
     per_token = accounting.step_flops_per_token(case.model, case.moe, workload.training, workload.context_len)
-    context = context or {}
+    context = context or Calibration()
     peak_tflops = utilisation.device_peak(
-        device.type, row["device_name"], case.run.dtype, case.run.peak_tflops, context.get("matmul_tflops"),
+        device.type, row["device_name"], case.run.dtype, case.run.peak_tflops, context.matmul_tflops,
         threads=torch.get_num_threads(),
     )
     row.update(utilisation.utilisation_columns(per_token, row["tokens_per_s"], peak_tflops))
 
     # Energy pass: separate from (and after) timing, so neither perturbs the other (docs/energy.md).
-    idle = context.get("idle", {}).get(device.type, {})
+    idle = context.idle.get(device.type, IdlePower())
     if case.run.measure_energy:
         row.update(energy.measure_energy(
             workload.step, device, workload.tokens_per_step, case.run.energy_window_s,
-            idle.get("idle_power_w"), idle.get("cpu_idle_power_w"),
+            idle.idle_power_w, idle.cpu_idle_power_w,
         ))
     else:
         row.update(energy.skipped("run.measure_energy is false"))
@@ -197,27 +199,25 @@ def measure_interleaved(case: Case, other: Case, workload_name: str) -> dict[str
     return {"samples_a": a, "samples_b": b}
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def write_result_atomic(path: Path, result: WorkerResult) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, default=str))
+    tmp.write_text(json.dumps(result.model_dump(), default=str))
     os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:
     job_path, result_path = Path(argv[0]), Path(argv[1])
-    job = json.loads(job_path.read_text())
-    case = Case.model_validate(job["case"])
+    job = read_versioned(WorkerJob, json.loads(job_path.read_text()), JOB_VERSION, str(job_path))
     try:
-        if job.get("pair_with"):
-            result = measure_interleaved(case, Case.model_validate(job["pair_with"]), job["workload"])
+        if job.pair_with is not None:
+            measured = measure_interleaved(job.case, job.pair_with, job.workload)
         else:
-            result = measure(case, job["workload"], job.get("context"))
-        result["status"] = "ok"
-        result["error"] = None
+            measured = measure(job.case, job.workload, job.context)
+        result = WorkerResult(status="ok", **measured)
     except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case
         traceback.print_exc()
-        result = {"status": classify(exc), "error": one_line(exc), "row": {}, "routing_layers": []}
-    write_json_atomic(result_path, result)
+        result = WorkerResult(status=classify(exc), error=one_line(exc))
+    write_result_atomic(result_path, result)
     return 0
 
 

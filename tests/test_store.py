@@ -88,7 +88,7 @@ def test_damaged_run_json_names_the_command_that_rebuilds_it(tmp_path):
 
     store = RunStore(tmp_path)
     store.write_meta({"suite": {"name": "x"}, "fingerprint": {}})
-    assert store.read_meta()["suite"] == {"name": "x"}
+    assert store.read_meta().suite == {"name": "x"}
     full = store.meta_path.read_text()
     for text, problem in [("", "it is empty"), (full[: len(full) // 2], "not valid JSON"), ("[]", "lacks the suite"),
                           ('{"suite": {}}', "lacks the suite")]:

@@ -87,7 +87,7 @@ def test_calibration_runs_at_each_thread_count_the_cases_use():
     cases = [Case(kind="dense", model=ModelConfig(), run=RunSettings(device="cpu", threads=t, measure_energy=False))
              for t in (1, None)]
     context = calibrate(cases, idle_seconds=0.0)
-    assert set(context["matmul_tflops"]) == {"float32@1threads", f"float32@{before}threads"}
+    assert set(context.matmul_tflops) == {"float32@1threads", f"float32@{before}threads"}
     assert torch.get_num_threads() == before
 
 
@@ -149,11 +149,3 @@ def test_cuda_peak_memory_columns_come_from_the_allocator_and_nvml(monkeypatch):
     lib.init_error = "no driver"
     assert memory.peak_memory(device, lib=lib)["nvml_memory_used_bytes"] is None
 
-
-def test_calibration_is_read_from_runs_written_before_its_rename():
-    from harness.calibration import calibration_of
-
-    stored = {"idle": {}, "matmul_tflops": {"float32@2threads": 0.1}}
-    assert calibration_of({"calibration": stored}) is stored
-    assert calibration_of({"baselines": stored}) is stored
-    assert calibration_of({}) is None

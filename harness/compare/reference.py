@@ -40,9 +40,7 @@ def _from_run(run_dir: Path) -> Results:
         cases[result.key] = result
     if not cases:
         raise CompareError(f"{run_dir}: the run has no result rows")
-    suite = info.get("suite")
-    return Results(str(run_dir), suite.get("name") if isinstance(suite, dict) else suite,
-                   info.get("fingerprint") or {}, cases)
+    return Results(str(run_dir), info.suite_name, info.fingerprint, cases)
 
 
 def read_baseline(path: Path) -> Results:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from harness import __version__
 from harness.analysis import RunError, coverage, load, load_routing_layers, load_run_info, paired
+from harness.contracts import RunInfo
 
 MEASURED_METRICS = [
     ("tokens_per_s", "Throughput"), ("latency_ms_ci_low", "Latency confidence interval"),
@@ -36,15 +37,15 @@ def missing_metrics(df: pd.DataFrame) -> list[dict[str, str]]:
     return out
 
 
-def _run_items(info: dict[str, Any], run_dir: Path) -> list[tuple[str, str]]:
-    suite = info.get("suite") or {}
+def _run_items(info: RunInfo, run_dir: Path) -> list[tuple[str, str]]:
+    suite = info.suite
     items = [("Suite", str(suite.get("name", "?"))), ("Run folder", str(run_dir)),
-             ("Started", str(info.get("started", "?"))), ("Finished", str(info.get("finished", "not finished")))]
+             ("Started", str(info.started or "?")), ("Finished", str(info.finished or "not finished"))]
     if suite.get("workloads"):
         items.append(("Workloads", ", ".join(map(str, suite["workloads"]))))
     if suite.get("baselines"):
         items.append(("Baselines", ", ".join(map(str, suite["baselines"]))))
-    version = (info.get("fingerprint") or {}).get("harness_version")
+    version = info.fingerprint.get("harness_version")
     items.append(("Harness version", str(version or "not recorded")))
     return items
 
@@ -63,7 +64,7 @@ def write_report(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> P
     df = load(run_dir)
     info = load_run_info(run_dir)
     pairs = paired(df)
-    suite = info.get("suite") or {}
+    suite = info.suite
     name = str(suite.get("name") or (df["suite"].dropna().iloc[0] if df["suite"].notna().any() else run_dir.name))
     context = {
         **_context_common(f"{name}: moe-harness report"),
@@ -78,8 +79,8 @@ def write_report(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> P
         "results": tables.all_results(df),
         "layers": tables.routing_layers(load_routing_layers(run_dir), df),
         "run_items": _run_items(info, run_dir),
-        "fingerprint": [(str(k), str(v)) for k, v in (info.get("fingerprint") or {}).items()],
-        "suite_yaml": str(info.get("suite_yaml") or ""),
+        "fingerprint": [(str(k), str(v)) for k, v in info.fingerprint.items()],
+        "suite_yaml": info.suite_yaml,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"

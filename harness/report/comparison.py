@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from harness.contracts import RunInfo
 from harness.environment import comparable
 from harness.analysis import safe_ratio, config_label, latency_columns, paired, throughput_ratio_bounds
 from harness.report.plots import Plot, new_figure
@@ -36,8 +37,8 @@ def matched(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return both
 
 
-def _fingerprint_table(info_a: dict[str, Any], info_b: dict[str, Any]) -> Table:
-    fa, fb = info_a.get("fingerprint") or {}, info_b.get("fingerprint") or {}
+def _fingerprint_table(info_a: RunInfo, info_b: RunInfo) -> Table:
+    fa, fb = info_a.fingerprint, info_b.fingerprint
     table = Table(["Field", "Run A", "Run B"])
     for key in list(dict.fromkeys([*fa, *fb])):
         va, vb = str(fa.get(key, "—")), str(fb.get(key, "—"))
@@ -97,17 +98,17 @@ def _only_in(x: pd.DataFrame, y: pd.DataFrame) -> list[str]:
     return [f"{c} ({w})" for c, w in x[KEYS].astype(str).to_numpy() if (c, w) not in keys]
 
 
-def context(a: pd.DataFrame, b: pd.DataFrame, info_a: dict, info_b: dict, run_a: Path, run_b: Path) -> dict[str, Any]:
+def context(a: pd.DataFrame, b: pd.DataFrame, info_a: RunInfo, info_b: RunInfo, run_a: Path, run_b: Path) -> dict[str, Any]:
     both = matched(a, b)
     shift = _ratio_shift(a, b)
-    name = lambda info, run: str((info.get("suite") or {}).get("name") or run.name)  # noqa: E731
+    name = lambda info, run: info.suite_name or run.name  # noqa: E731
     return {
         "name_a": name(info_a, run_a), "name_b": name(info_b, run_b), "dir_a": str(run_a), "dir_b": str(run_b),
-        "started_a": str(info_a.get("started", "?")), "started_b": str(info_b.get("started", "?")),
+        "started_a": str(info_a.started or "?"), "started_b": str(info_b.started or "?"),
         "n_matched": len(both), "n_both_ok": int(both["throughput_change"].notna().sum()),
         "changes": _change_table(both), "ratios": _ratio_table(shift, a),
         "fingerprints": _fingerprint_table(info_a, info_b),
-        "env_differs": comparable(info_a.get("fingerprint") or {}, info_b.get("fingerprint") or {}),
+        "env_differs": comparable(info_a.fingerprint, info_b.fingerprint),
         "only_a": _only_in(a, b), "only_b": _only_in(b, a),
     }
 
