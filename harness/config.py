@@ -129,6 +129,9 @@ class MoEConfig(_Frozen):
     z_loss_coef: float = Field(default=0.0, ge=0, description="ST-MoE router z-loss coefficient")
     importance_loss_coef: float = Field(default=0.0, ge=0, description="Shazeer importance + load CV^2 coefficient")
     jitter_eps: float = Field(default=0.0, ge=0, description="multiplicative router-input jitter U(1-eps, 1+eps), training only")
+    router_init_std: Optional[float] = Field(
+        default=None, ge=0, description="router weights ~ N(0, std); null: uniform(+-1/sqrt(d_model)), torch's nn.Linear default"
+    )
     num_shared_experts: int = Field(default=0, ge=0, description="always-on shared experts (DeepSeekMoE, Qwen-MoE)")
     d_shared: Optional[PositiveInt] = Field(default=None, description="shared expert width; default d_expert")
     shared_gate: bool = Field(
@@ -212,6 +215,12 @@ class RunSettings(_Frozen):
     )
     compile: Compile = Field(
         default=False, description="torch.compile the model: false, true (default mode) or max-autotune; compile time goes to compile_s, not step time"
+    )
+    eval_every: Optional[PositiveInt] = Field(
+        default=None, description="quality workload: also score the held-out windows after every N-th training step (steps.csv val_loss); null: only at the end"
+    )
+    grad_clip: Optional[float] = Field(
+        default=None, gt=0, description="clip the global gradient norm to this value before each optimizer step (training workloads); null: no clipping"
     )
 
 

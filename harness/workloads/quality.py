@@ -4,9 +4,15 @@
 step counts toward `run.quality_steps`, the worker's probe, warmup and energy steps included, and
 `finish` trains on to exactly that budget: the evaluated model is the same however many steps the
 timing needed. If timing ran past the budget, the weights as they were at the budget are restored.
+
+Learning curve: with `run.eval_every` N, the held-out windows are also scored after every N-th step.
+A step inside the worker's timed region only copies the weights (no evaluation, no host sync there);
+`finish` scores those copies on a scratch model. Evaluation draws no random numbers, so the training
+run and its final `val_loss` are the same with and without a curve.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -16,6 +22,7 @@ from harness import accounting
 from harness.config import Case
 from harness.corpus import Corpus, eval_batches, load_corpus, train_batches
 from harness.workloads import Workload
+from harness.workloads.training import StepLog, make_optimizer, update
 
 
 def check_vocab(case: Case, corpus: Corpus) -> None:
@@ -60,31 +67,49 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
     batches = train_batches(corpus.train, run.batch_size, case.model.seq_len, run.seed)
     held_out = [b.to(device) for b in eval_batches(corpus.val, run.batch_size, case.model.seq_len, run.eval_batches)]
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr)
-    state: dict[str, Any] = {"steps": 0, "at_budget": None, "loss": None}
+    optimizer = make_optimizer(model, run)
+    log = StepLog(model)
+    state: dict[str, Any] = {"steps": 0, "at_budget": None, "finishing": False}
+    pending: dict[int, dict[str, torch.Tensor]] = {}  # step index -> weights copied inside the timed region
+
+    def weights() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def step() -> None:
         for group in optimizer.param_groups:
             group["lr"] = run.lr * warmup_factor(state["steps"], run.lr_warmup_steps)
         loss, aux_loss = loss_of(model, next(batches).to(device))
-        (loss + aux_loss).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.on_optimizer_step()
-        state["loss"] = loss.detach()
+        grad_norm = update(model, optimizer, loss + aux_loss, run.grad_clip)
+        log.record(loss, grad_norm)
         state["steps"] += 1
-        if state["steps"] == run.quality_steps:
-            state["at_budget"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        done = state["steps"]
+        if done == run.quality_steps:
+            state["at_budget"] = weights()
+        elif run.eval_every and done % run.eval_every == 0 and done < run.quality_steps:
+            if state["finishing"]:
+                log.annotate(done - 1, val_loss=validation_loss(model, held_out))
+            else:
+                pending[done - 1] = weights()
 
     def finish() -> dict[str, Any]:
+        if pending:
+            scratch = copy.deepcopy(model)
+            for index, snapshot in sorted(pending.items()):
+                scratch.load_state_dict(snapshot)
+                log.annotate(index, val_loss=validation_loss(scratch, held_out))
+            pending.clear()
+            del scratch
+        state["finishing"] = True
         while state["steps"] < run.quality_steps:
             step()
         if state["steps"] > run.quality_steps:
             model.load_state_dict(state["at_budget"])
+        val_loss = validation_loss(model, held_out)
+        log.annotate(run.quality_steps - 1, val_loss=val_loss)
         tokens_per_step = run.batch_size * case.model.seq_len
         tokens = run.quality_steps * tokens_per_step
         return {
-            "val_loss": validation_loss(model, held_out),
+            "val_loss": val_loss,
             "val_tokens": sum(b[:, 1:].numel() for b in held_out),
             "quality_steps": run.quality_steps,
             "quality_tokens": tokens,
@@ -93,6 +118,11 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
         }
 
     def last_loss() -> float | None:
-        return float(state["loss"]) if state["loss"] is not None else None
+        return float(log.entries[-1][0]) if len(log) else None
 
-    return Workload(step, run.batch_size * case.model.seq_len, training=True, last_loss=last_loss, finish=finish)
+    def step_log() -> list[dict[str, Any]]:
+        """The steps the evaluated model took (those past the budget were undone)."""
+        return log.rows(limit=run.quality_steps)
+
+    return Workload(step, run.batch_size * case.model.seq_len, training=True, last_loss=last_loss, finish=finish,
+                    step_log=step_log)

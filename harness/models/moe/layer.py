@@ -17,6 +17,9 @@ plus shared experts, auxiliary losses and routing tallies.
   * `importance_loss` (Shazeer 2017): CV^2(importance) + CV^2(load), importance = per-expert sum of
     combine weights, load = the noisy router's smooth estimate in training, else assignment counts.
     Both terms share `importance_loss_coef` (Shazeer used equal weights). CV^2 = var/mean^2 (population).
+- Training health (`last_router`, training forwards only): the largest and the mean |router logit| and
+  the CV of the expert load, as 0-dim tensors (no host sync), for the per-step record; growing router
+  logits are what ST-MoE's z-loss exists to damp.
 """
 from __future__ import annotations
 
@@ -39,6 +42,17 @@ LOSS_NAMES = ("aux_loss", "z_loss", "importance_loss")
 
 def _cv2(v: Tensor) -> Tensor:
     return v.var(unbiased=False) / (v.mean() ** 2 + 1e-10)
+
+
+def router_health(logits: Tensor, routed: Tensor) -> dict[str, Tensor]:
+    """Max and mean |logit| and the load CV (population std / mean of assignments per expert)."""
+    magnitude = logits.detach().abs()
+    load = routed.float()
+    return {
+        "router_logit_max": magnitude.max(),
+        "router_logit_mean": magnitude.mean(),
+        "load_cv": load.std(unbiased=False) / load.mean().clamp(min=1e-10),
+    }
 
 
 def _local(parts: list[Tensor]) -> list[Tensor]:
@@ -115,6 +129,7 @@ class MoELayer(nn.Module):
         # take an earlier token's slot), so only dropless token choice is causal
         self.tally = RoutingTally(moe.experts, causal=self.router.causal and moe.capacity_factor is None)
         self.last_losses: dict[str, Tensor] = {}
+        self.last_router: dict[str, Tensor] = {}
 
     def capacity(self, num_tokens: int) -> Optional[int]:
         if self.capacity_factor is None:
@@ -133,6 +148,8 @@ class MoELayer(nn.Module):
 
         losses, entropy = aux_losses(routing, batch)
         self.last_losses = {name: value.detach() for name, value in losses.items()}
+        if self.training:
+            self.last_router = router_health(routing.logits, batch.routed)
         total = sum((self.coefs[n] * losses[n] for n in LOSS_NAMES if self.coefs[n] > 0),
                     torch.zeros((), device=x.device))
         self._tally(routing, batch, entropy)

@@ -81,7 +81,10 @@ class Router(nn.Module):
         self.jitter_eps = moe.jitter_eps
         self.mode, self.skew_exponent = moe.routing_mode, moe.skew_exponent
         self.weight = nn.Parameter(torch.empty(self.num_experts, d_model))
-        nn.init.uniform_(self.weight, -1 / math.sqrt(d_model), 1 / math.sqrt(d_model))
+        if moe.router_init_std is None:
+            nn.init.uniform_(self.weight, -1 / math.sqrt(d_model), 1 / math.sqrt(d_model))
+        else:
+            nn.init.normal_(self.weight, std=moe.router_init_std)
 
     def router_input(self, x: Tensor) -> Tensor:
         """fp32 copy of the input, with multiplicative jitter U(1-eps, 1+eps) in training (router only)."""
