@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness.contracts import ContractError, RunInfo, read_run_info
+from harness.metrics import stability
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
 
 DTYPES: dict[str, str] = {name: column.dtype for name, column in COLUMNS.items()}
@@ -102,7 +103,37 @@ def load(run_dir: str | Path) -> pd.DataFrame:
         df = pd.concat([df, pd.DataFrame({col: _empty(df.index, DTYPES[col]) for col in absent})], axis=1)
     df.attrs["absent_columns"] = absent
     df.attrs["source"] = str(path)
+    if Path(run_dir).is_dir():
+        mark_stalled(df, load_steps(run_dir))
     return df
+
+
+SIBLING_KEYS = ("workload", "corpus", "quality_steps", "d_model", "n_layers", "seq_len", "batch_size")
+"""Quality rows that agree on these trained the same shape for the same budget on the same text: siblings."""
+
+
+def mark_stalled(df: pd.DataFrame, steps: pd.DataFrame | None) -> None:
+    """Mark quality rows that stalled relative to their siblings as unstable (in place; see
+    `harness.metrics.stability.stalled`). A row already unstable keeps its reason, with this one added."""
+    if steps is None or "loss" not in steps.columns or "quality_steps" not in df.columns:
+        return
+    quality = df[(df["workload"] == "quality") & (df["status"] == "ok") & df["val_loss"].notna()]
+    if len(quality) < 2:
+        return
+    curves = {case: group.sort_values("step")["loss"].astype(float).tolist()
+              for case, group in steps[steps["workload"] == "quality"].groupby("case_id")}
+    for _, group in quality.groupby(list(SIBLING_KEYS), dropna=False):
+        for idx, row in group.iterrows():
+            if row["case_id"] not in curves:
+                continue
+            siblings = [(curves[r["case_id"]], float(r["val_loss"])) for j, r in group.iterrows()
+                        if j != idx and r["case_id"] in curves]
+            reason = stability.stalled(curves[row["case_id"]], float(row["val_loss"]), siblings)
+            if reason is None:
+                continue
+            already = not pd.isna(df.at[idx, "unstable"]) and bool(df.at[idx, "unstable"])
+            df.at[idx, "unstable_reason"] = f"{df.at[idx, 'unstable_reason']}; {reason}" if already else reason
+            df.at[idx, "unstable"] = True
 
 
 def load_run_info(run_dir: str | Path) -> RunInfo:
@@ -127,11 +158,20 @@ def load_routing_layers(run_dir: str | Path) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype={"case_id": "string", "workload": "string"})
 
 
+def load_steps(run_dir: str | Path) -> pd.DataFrame | None:
+    """The per-step record of the training rows (steps.csv), or None when the run has none."""
+    path = Path(run_dir) / "steps.csv"
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    return pd.read_csv(path, dtype={"case_id": "string", "workload": "string"})
+
+
 # Dense-baseline columns carried into `paired` (prefixed 'dense_').
 DENSE_COLUMNS = [
     "case_id", "status", "error", "d_ff", "params_total", "params_active", "flops_per_token",
     "train_flops_per_token", "tokens_per_s", "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high",
     "noisy", "peak_memory_bytes", "energy_j_per_token", "energy_source", "achieved_tflops", "val_loss",
+    "unstable", "unstable_reason",
 ]
 
 RATIOS = {

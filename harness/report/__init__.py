@@ -13,7 +13,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from harness import __version__
-from harness.analysis import RunError, coverage, load, load_routing_layers, load_run_info, paired
+from harness.analysis import RunError, coverage, load, load_routing_layers, load_run_info, load_steps, paired
 from harness.contracts import RunInfo
 
 MEASURED_METRICS = [
@@ -73,7 +73,7 @@ def write_report(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> P
         "n_rows": len(df), "n_ok": int((df["status"] == "ok").sum()), "n_failed": int((df["status"] != "ok").sum()),
         "verdicts": tables.verdicts(pairs),
         "headline": tables.headline(pairs, df),
-        "plots": html.save_plots(plots.make_plots(df, pairs), out_dir / "plots"),
+        "plots": html.save_plots(plots.make_plots(df, pairs, load_steps(run_dir)), out_dir / "plots"),
         "missing": missing_metrics(df),
         "failures": tables.failures(df),
         "results": tables.all_results(df),

@@ -19,9 +19,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from harness.analysis import capacity_label, coverage
+from harness.analysis import capacity_label, config_label, coverage
 
 PANEL_W, PANEL_H = 4.6, 3.4
+CURVE_SMOOTHING = 25
 MIB = 2**20
 
 
@@ -269,12 +270,70 @@ def quality_vs_flops(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
     return Plot(name, title, caption, figure=fig)
 
 
+def learning_curves(df: pd.DataFrame, steps: Optional[pd.DataFrame]) -> Plot:
+    """Training loss (running median) and held-out loss of every quality case against its steps."""
+    name, title = "learning_curves", "Learning curves (quality)"
+    caption = (f"Training loss (running median over {CURVE_SMOOTHING} steps, solid) and held-out loss (dots, at "
+               "`run.eval_every` and at the end) of each quality case, MoE and dense; a row marked unstable is named "
+               "with '(unstable)'. A run that leaves the byte-level plateau late ends far from its siblings.")
+    rows = df[(df["workload"] == "quality") & (df["status"] == "ok")]
+    if steps is None or rows.empty or "loss" not in steps.columns:
+        return Plot(name, title, caption, missing="no per-step record of a quality case in this run (steps.csv)")
+    labels = _case_labels(rows)
+    data = steps[(steps["workload"] == "quality") & steps["case_id"].isin(list(labels))].copy()
+    if data.empty:
+        return Plot(name, title, caption, missing="no per-step record of a quality case in this run (steps.csv)")
+    data["case"] = data["case_id"].map(labels)
+    data = data.sort_values(["case", "step"])
+    data["smoothed"] = data.groupby("case")["loss"].transform(
+        lambda v: v.rolling(CURVE_SMOOTHING, min_periods=1).median())
+    fig = Figure(figsize=(PANEL_W * 2.2, PANEL_H * 1.3), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    palette = dict(zip(data["case"].unique(), sns.color_palette("tab10", data["case"].nunique())))
+    sns.lineplot(data, x="step", y="smoothed", hue="case", palette=palette, ax=ax, linewidth=1.2)
+    if "val_loss" in data.columns:
+        held_out = data[pd.to_numeric(data["val_loss"], errors="coerce").notna()]
+        sns.scatterplot(held_out, x="step", y="val_loss", hue="case", palette=palette, ax=ax, s=14, legend=False)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (nats per byte)")
+    # the first tenth of training falls from ln 256; the interesting part is below it
+    early = data[data["step"] == data.groupby("case")["step"].transform(lambda v: v.max() // 10)]["smoothed"]
+    if len(early):
+        ax.set_ylim(float(data["smoothed"].min()) * 0.97, float(early.max()) * 1.05)
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None, fontsize="small")
+    return Plot(name, title, caption, figure=fig)
+
+
+def _case_labels(rows: pd.DataFrame) -> dict[str, str]:
+    """case_id -> a legend label: the configuration (with the settings that vary), seed, and whether it
+    trained unstably; the case id is added where two cases would otherwise share a label."""
+    from harness.report.tables import varying
+
+    extras = varying(rows)
+    labels = {}
+    for _, row in rows.iterrows():
+        if row["kind"] == "moe":
+            label = "MoE " + config_label(row, extras)
+        else:
+            label = "dense" + (f" d_ff={int(row['d_ff'])}" if pd.notna(row.get("d_ff")) else "")
+        if pd.notna(row.get("seed")):
+            label += f" seed {int(row['seed'])}"
+        unstable = row.get("unstable")
+        labels[row["case_id"]] = label + (" (unstable)" if unstable is not None and not pd.isna(unstable) and bool(unstable) else "")
+    counts = pd.Series(list(labels.values())).value_counts()
+    return {case: f"{label} [{case}]" if counts[label] > 1 else label for case, label in labels.items()}
+
+
 PLOTS: list[Callable[[pd.DataFrame, pd.DataFrame], Plot]] = [
     throughput_vs_experts, ratio_heatmap, memory_vs_experts, energy_per_token, dropped_vs_capacity, quality_vs_flops,
 ]
 
 
-def make_plots(df: pd.DataFrame, pairs: pd.DataFrame) -> list[Plot]:
-    """Every report plot for one run (`df` from `load`, `pairs` from `paired`), drawn or explained."""
+def make_plots(df: pd.DataFrame, pairs: pd.DataFrame, steps: Optional[pd.DataFrame] = None) -> list[Plot]:
+    """Every report plot for one run (`df` from `load`, `pairs` from `paired`, `steps` from `load_steps`),
+    drawn or explained; learning curves only when the run has quality rows."""
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        return [make(pairs, df) for make in PLOTS]
+        drawn = [make(pairs, df) for make in PLOTS]
+        return drawn + [learning_curves(df, steps)] if (df["workload"] == "quality").any() else drawn

@@ -110,8 +110,11 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
         ["workload", "_r"], ascending=[False, False], na_position="last")
     for idx, row in order.iterrows():
         status = text(row["status"])
+        unstable = unstable_reasons(row)
         if status == "ok" and text(row.get("dense_status")) != "ok":
             status = "baseline " + text(row.get("dense_status"), "missing")
+        elif status == "ok" and unstable:
+            status = "ok, unstable"
         elif status == "ok" and (_flag(row.get("noisy")) or _flag(row.get("dense_noisy"))):
             status = "ok, noisy"
         mark = best_worst.get(idx, "")
@@ -137,7 +140,7 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
             Cell(f"{active / 1e6:.2f}M / {total / 1e6:.2f}M" if active and total else "—", total),
             Cell(status, status, "" if status.startswith("ok") else "failed",
                  "latency IQR / median > 10% for the MoE case or its baseline" if status == "ok, noisy"
-                 else text(row.get("error"))),
+                 else unstable if status == "ok, unstable" else text(row.get("error"))),
         ]
         table.rows.append(cells)
         table.row_classes.append(mark)
@@ -153,6 +156,13 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
         if measured == 0:
             table.notes.append(f"{name}: not measured on this run — {reason}.")
     return table
+
+
+def unstable_reasons(row: pd.Series) -> str:
+    """Why the MoE row or its baseline trained unstably ('' when neither did)."""
+    parts = [f"{side}: {text(row.get(prefix + 'unstable_reason'), 'unstable')}"
+             for side, prefix in (("MoE", ""), ("baseline", "dense_")) if _flag(row.get(prefix + "unstable"))]
+    return "; ".join(parts)
 
 
 def verdicts(pairs: pd.DataFrame) -> list[dict[str, Any]]:
@@ -210,9 +220,12 @@ def all_results(df: pd.DataFrame) -> Table:
         label = (config_label(row, extras) if text(row["kind"]) == "moe"
                  else f"dense ({text(row.get('baseline'), 'baseline')}) d_ff={text(row.get('d_ff'), '?')}")
         noisy = row.get("noisy")
+        status = text(row["status"])
+        unstable = status == "ok" and _flag(row.get("unstable"))
         table.rows.append(
             [Cell(text(row["case_id"])), Cell(text(row["kind"])), Cell(label), Cell(text(row["workload"])),
-             Cell(text(row["status"]), cls="" if text(row["status"]) == "ok" else "failed")]
+             Cell("ok, unstable" if unstable else status, cls="" if status == "ok" else "failed",
+                  title=text(row.get("unstable_reason")) if unstable else "")]
             + [fmt(row.get(c), scale=s) for c, _, s in shown]
             + [Cell("—" if pd.isna(noisy) else ("yes" if noisy else "no"))]
         )

@@ -1,0 +1,125 @@
+"""Training instability read off one row's per-step losses: non-finite losses, divergence and loss spikes.
+
+A run has diverged when a later step's loss exceeds the first step's (the untrained model's) by more
+than `DIVERGED_RISE` of it: training made the model worse than its random initialisation. This catches
+a run that blows up within its first steps, before a running median exists to measure a spike against.
+
+A spike is a step whose training loss lies more than `SPIKE_DEVIATIONS` robust deviations above the
+median of the `WINDOW` steps before it, and at least `MIN_RISE` nats above that median. The robust
+deviation is the median absolute deviation scaled by 1.4826 (the standard deviation for Gaussian noise),
+so ordinary batch-to-batch noise does not count and one bad step cannot hide behind its own outlier.
+Only rises count: while a run is learning, each loss lies below the median of the steps before it.
+
+A run that stalls is only visible against its siblings (the other quality rows of the run with the same
+shape, budget and text), so `stalled` is applied after loading (`harness.analysis.mark_stalled`). A row
+has stalled when its held-out loss ended more than `STALL_GAP` nats above its siblings' median and its
+smoothed training loss ended where its siblings' median curve already was at or before `STALL_AT` of the
+budget: it lost a quarter or more of its steps, on the byte-level plateau or behind a collapsed router.
+It is a "plateau" when its training loss was still flat over the last quarter of the budget (fell less
+than `PLATEAU_FALL`), else "lagging".
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+WINDOW = 50
+MIN_HISTORY = 10
+SPIKE_DEVIATIONS = 6.0
+MIN_RISE = 0.1
+MAD_TO_STD = 1.4826
+DIVERGED_RISE = 0.1
+STALL_GAP = 0.1
+STALL_AT = 0.75
+PLATEAU_FALL = 0.05
+SMOOTHING = 25
+
+
+@dataclass(frozen=True)
+class Spike:
+    step: int
+    loss: float
+    median: float
+    deviations: float  # robust deviations above the running median
+
+    def describe(self) -> str:
+        return (f"loss spike at step {self.step}: {self.deviations:.1f} robust deviations above the running median "
+                f"({self.loss:.3f} vs {self.median:.3f} nats)")
+
+
+def spikes(losses: list[float], window: int = WINDOW, threshold: float = SPIKE_DEVIATIONS,
+           min_rise: float = MIN_RISE, min_history: int = MIN_HISTORY) -> list[Spike]:
+    """Every step whose loss is a spike against the finite losses of the `window` steps before it."""
+    found = []
+    for i in range(min_history, len(losses)):
+        value = losses[i]
+        history = [v for v in losses[max(0, i - window):i] if math.isfinite(v)]
+        if not math.isfinite(value) or len(history) < min_history:
+            continue
+        median = statistics.median(history)
+        rise = value - median
+        if rise < min_rise:
+            continue
+        spread = MAD_TO_STD * statistics.median(abs(v - median) for v in history)
+        deviations = rise / spread if spread > 0 else math.inf
+        if deviations > threshold:
+            found.append(Spike(i, value, median, deviations))
+    return found
+
+
+def assess(steps: Iterable[dict[str, Any]], val_loss: Optional[float] = None) -> dict[str, Any]:
+    """`unstable` and `unstable_reason` of a training row from its per-step records (`step` i at position i)."""
+    records = list(steps)
+    if not records:
+        return {"unstable": None, "unstable_reason": "not assessed: the workload keeps no per-step losses"}
+    losses = [float(r["loss"]) for r in records]
+    for record, value in zip(records, losses):
+        if not math.isfinite(value):
+            return {"unstable": True, "unstable_reason": f"non-finite loss at step {record['step']} ({value})"}
+    if val_loss is not None and not math.isfinite(val_loss):
+        return {"unstable": True, "unstable_reason": f"non-finite held-out loss ({val_loss})"}
+    first = losses[0]
+    above = [i for i, v in enumerate(losses) if v > first * (1 + DIVERGED_RISE) + MIN_RISE]
+    if above:
+        worst = max(above, key=lambda i: losses[i])
+        return {"unstable": True, "unstable_reason": (
+            f"diverged at step {above[0]}: loss {losses[above[0]]:.3f} above the first step's {first:.3f} nats "
+            f"(highest {losses[worst]:.3f} at step {worst})")}
+    found = spikes(losses)
+    if found:
+        worst = max(found, key=lambda s: s.deviations)
+        more = f"; {len(found)} spikes in all" if len(found) > 1 else ""
+        return {"unstable": True, "unstable_reason": worst.describe() + more}
+    return {"unstable": False, "unstable_reason": None}
+
+
+def smoothed(losses: list[float], window: int = SMOOTHING) -> list[float]:
+    """Running median over the last `window` steps (batch-to-batch noise out, trends kept)."""
+    return [statistics.median(losses[max(0, i - window + 1):i + 1]) for i in range(len(losses))]
+
+
+def stalled(losses: list[float], val_loss: float, siblings: list[tuple[list[float], float]]) -> Optional[str]:
+    """Why a quality row stalled relative to its siblings ((training losses, val_loss) each), or None.
+
+    Needs at least one sibling with a curve of the same length and finite losses everywhere.
+    """
+    n = len(losses)
+    others = [(curve, v) for curve, v in siblings if len(curve) == n and math.isfinite(v)]
+    if n < 4 * SMOOTHING or not others or not math.isfinite(val_loss) or not all(map(math.isfinite, losses)):
+        return None
+    median_val = statistics.median(v for _, v in others)
+    gap = val_loss - median_val
+    if gap <= STALL_GAP:
+        return None
+    own = smoothed(losses)
+    median_curve = [statistics.median(step) for step in zip(*(smoothed(c) for c, _ in others))]
+    reached = next((i for i, v in enumerate(median_curve) if v <= own[-1]), None)
+    if reached is None or reached > STALL_AT * n:
+        return None
+    fell = own[(3 * n) // 4] - own[-1]
+    kind = "plateau" if fell < PLATEAU_FALL else "lagging"
+    return (f"{kind}: val_loss {val_loss:.3f} ended {gap:.2f} nats above its siblings' median {median_val:.3f}; "
+            f"its training loss ended at {own[-1]:.3f}, where its siblings were at step {reached} of {n}, "
+            f"and fell {fell:.3f} nats over the last quarter")
