@@ -245,6 +245,17 @@ class ParallelConfig(_Frozen):
         return self
 
 
+ADDED_LATER: dict[str, tuple[str, ...]] = {
+    "parallel": (),  # the whole section, when single-process
+    "model": ("source", "config", "path"),
+    "run": ("hf_experts_implementation", "compile", "eval_every", "grad_clip"),
+    "moe": ("router_init_std",),
+}
+"""Settings added after case ids were first stored: `Case.id` leaves each out while it is at its default
+(a section with no names: the whole section at its defaults), so results and baselines stored before it
+existed keep matching. A new setting whose default keeps today's behaviour is added here."""
+
+
 class Case(_Frozen):
     """One fully resolved model to measure. Baselines are ordinary cases with kind='dense'."""
 
@@ -281,22 +292,18 @@ class Case(_Frozen):
 
     @property
     def id(self) -> str:
-        """Hash of the config. Keys added after ids were first published are left out while at their
-        default (a single-process case's `parallel`, the `HASHED_WHEN_SET` keys), so such ids predate them."""
+        """Hash of the config. Settings added after ids were first stored (`ADDED_LATER`) are left out while
+        at their defaults, so a case that does not use them keeps the id it always had."""
         data = self.model_dump(mode="json")
-        if self.parallel == ParallelConfig():
-            del data["parallel"]
-        for section, defaults in HASHED_WHEN_SET.items():
-            for key, default in defaults.items():
-                if data[section].get(key, default) == default:
-                    data[section].pop(key, None)
+        for section, names in ADDED_LATER.items():
+            part = getattr(self, section)
+            if part is None:
+                continue
+            if not names and part == type(part)():
+                del data[section]
+            for name in names:
+                if getattr(part, name) == type(part).model_fields[name].default:
+                    del data[section][name]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
-
-# Keys added after case ids were first published enter the id only when set away from their default,
-# so every case that does not use them keeps its id (and stored baselines keep matching it).
-HASHED_WHEN_SET = {
-    "model": {"source": "native", "config": None, "path": None},
-    "run": {"hf_experts_implementation": None, "compile": False},
-}

@@ -275,3 +275,14 @@ def test_without_scipy_intervals_decide(tmp_path, base_run, monkeypatch):
     found = findings(base_run, cur)
     assert verdict(found).test == "95% CIs apart" and verdict(found).verdict == cmp.REGRESSION
     assert verdict(found, case="c2", workload="train_step").verdict == cmp.UNCHANGED
+
+
+def test_the_stored_nightly_baseline_has_every_nightly_case():
+    """Case ids hash the settings that differ from their defaults, so adding a setting does not orphan the
+    stored baseline; editing suites/nightly.yaml must come with a refreshed baseline."""
+    from harness.suite import load_suite
+    from harness.sweep import expand
+
+    stored = {(c["case_id"], c["workload"]) for c in json.loads(Path("baselines/nightly-cpu.json").read_text())["cases"]}
+    suite = load_suite("suites/nightly.yaml")
+    assert {(case.id, w) for case in expand(suite) for w in suite.workloads} == stored
