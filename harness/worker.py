@@ -185,7 +185,9 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
         row["impl"] = model.impl_label
     steps = workload.step_log()
     if workload.training:
-        row.update(stability.assess(steps, row.get("val_loss")))
+        token_choice = case.moe is not None and case.moe.router != "expert_choice"
+        limit = stability.max_load_cv(case.moe.experts, case.moe.k) if token_choice else 0.0
+        row.update(stability.assess(steps, row.get("val_loss"), load_cv_limit=limit))
     return {"row": row, "routing_layers": first["routing_layers"], "steps": steps}
 
 

@@ -295,3 +295,38 @@ def test_router_init_std():
     scaled = build_router(MoEConfig(num_experts=64, router_init_std=0.02), 256).weight.detach()
     assert float(scaled.std()) == pytest.approx(0.02, rel=0.05)
     assert not build_router(MoEConfig(num_experts=64, router_init_std=0.0), 256).weight.any()
+
+
+def test_case_ids_leave_out_settings_at_their_defaults():
+    plain = quality_case()
+    explicit = quality_case(grad_clip=None, eval_every=None)
+    assert explicit.id == plain.id
+    assert quality_case(grad_clip=1.0).id != plain.id
+    assert quality_case(E8_TOP2_DROPLESS.model_copy(update={"router_init_std": 0.02})).id != plain.id
+
+
+def test_train_step_records_only_what_its_step_computes_anyway():
+    """No gradient norm without clipping and no router statistics: the timed step of train_step does
+    nothing a plain training step would not."""
+    case = Case(kind="moe", model=TINY, moe=E8_TOP2_DROPLESS, run=RunSettings(batch_size=2, device="cpu"))
+    _, log = train(case, "train_step", steps_before_finish=3)
+    assert set(log[0]) == {"step", "loss", "aux_loss", "z_loss", "importance_loss"}
+    _, clipped = train(case.model_copy(update={"run": RunSettings(batch_size=2, device="cpu", grad_clip=1.0)}),
+                       "train_step", steps_before_finish=3)
+    assert "grad_norm" in clipped[0] and "load_cv" not in clipped[0]
+
+
+def test_routing_collapse_is_named_with_its_layer_and_length():
+    limit = stability.max_load_cv(8, 2)
+    assert limit == pytest.approx(math.sqrt(3))
+    steps = [{"step": i, "loss": 5.0 - i / 100, "load_cv_l1": 0.3, "load_cv_l3": 0.3} for i in range(100)]
+    for i in range(40, 46):
+        steps[i]["load_cv_l3"] = 1.72
+    verdict = stability.assess(steps, load_cv_limit=limit)
+    assert verdict["unstable"] is True
+    assert verdict["unstable_reason"].startswith("routing collapse at step 40: MoE layer 3 ")
+    assert "for 6 steps" in verdict["unstable_reason"]
+    for i in range(40, 42):
+        steps[i]["load_cv_l3"] = 0.3  # four steps: a blip, not a collapse
+    assert stability.assess(steps, load_cv_limit=limit)["unstable"] is False
+    assert stability.assess(steps, load_cv_limit=0.0)["unstable"] is False

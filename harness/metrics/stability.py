@@ -1,4 +1,5 @@
-"""Training instability read off one row's per-step losses: non-finite losses, divergence and loss spikes.
+"""Training instability read off one row's per-step record: non-finite losses, divergence, loss spikes
+and routing collapse.
 
 A run has diverged when a later step's loss exceeds the first step's (the untrained model's) by more
 than `DIVERGED_RISE` of it: training made the model worse than its random initialisation. This catches
@@ -9,6 +10,11 @@ median of the `WINDOW` steps before it, and at least `MIN_RISE` nats above that 
 deviation is the median absolute deviation scaled by 1.4826 (the standard deviation for Gaussian noise),
 so ordinary batch-to-batch noise does not count and one bad step cannot hide behind its own outlier.
 Only rises count: while a run is learning, each loss lies below the median of the steps before it.
+
+Routing has collapsed when an MoE layer sends (almost) every token to the same k experts: its load CV is
+within `COLLAPSE_FRACTION` of the largest possible, sqrt(E/k - 1), for at least `COLLAPSE_STEPS` steps.
+For those steps the layer is a dense FFN of k experts while the others learn nothing; the run loses
+them and rarely catches up within a short budget.
 
 A run that stalls is only visible against its siblings (the other quality rows of the run with the same
 shape, budget and text), so `stalled` is applied after loading (`harness.analysis.mark_stalled`). A row
@@ -35,6 +41,8 @@ STALL_GAP = 0.1
 STALL_AT = 0.75
 PLATEAU_FALL = 0.05
 SMOOTHING = 25
+COLLAPSE_FRACTION = 0.95
+COLLAPSE_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,32 @@ def spikes(losses: list[float], window: int = WINDOW, threshold: float = SPIKE_D
     return found
 
 
-def assess(steps: Iterable[dict[str, Any]], val_loss: Optional[float] = None) -> dict[str, Any]:
-    """`unstable` and `unstable_reason` of a training row from its per-step records (`step` i at position i)."""
+def max_load_cv(num_experts: int, k: int) -> float:
+    """The load CV when every token picks the same k of E experts: k experts at T each, E - k at 0."""
+    return math.sqrt(num_experts / k - 1) if k < num_experts else 0.0
+
+
+def collapse(records: list[dict[str, Any]], limit: float) -> Optional[str]:
+    """Routing collapse in any MoE layer (per-layer `load_cv_l<i>` columns), or None."""
+    if limit <= 0:
+        return None
+    layers = sorted({key for r in records for key in r if key.startswith("load_cv_l")}, key=lambda k: int(k[9:]))
+    for key in layers:
+        hits = [r["step"] for r in records if r.get(key) is not None and r[key] >= COLLAPSE_FRACTION * limit]
+        if len(hits) >= COLLAPSE_STEPS:
+            peak = max(r[key] for r in records if r.get(key) is not None)
+            return (f"routing collapse at step {hits[0]}: MoE layer {key[9:]} sent almost every token to the same "
+                    f"experts (load CV {peak:.2f}, at most {limit:.2f}) for {len(hits)} steps")
+    return None
+
+
+def assess(steps: Iterable[dict[str, Any]], val_loss: Optional[float] = None,
+           load_cv_limit: float = 0.0) -> dict[str, Any]:
+    """`unstable` and `unstable_reason` of a training row from its per-step records (`step` i at position i).
+
+    `load_cv_limit` is `max_load_cv(E, k)` for an MoE with token-choice routing, else 0 (no collapse check).
+    A non-finite or diverged loss is reported alone; spikes and collapse together.
+    """
     records = list(steps)
     if not records:
         return {"unstable": None, "unstable_reason": "not assessed: the workload keeps no per-step losses"}
@@ -87,12 +119,15 @@ def assess(steps: Iterable[dict[str, Any]], val_loss: Optional[float] = None) ->
         return {"unstable": True, "unstable_reason": (
             f"diverged at step {above[0]}: loss {losses[above[0]]:.3f} above the first step's {first:.3f} nats "
             f"(highest {losses[worst]:.3f} at step {worst})")}
+    reasons = []
     found = spikes(losses)
     if found:
         worst = max(found, key=lambda s: s.deviations)
-        more = f"; {len(found)} spikes in all" if len(found) > 1 else ""
-        return {"unstable": True, "unstable_reason": worst.describe() + more}
-    return {"unstable": False, "unstable_reason": None}
+        reasons.append(worst.describe() + (f"; {len(found)} spikes in all" if len(found) > 1 else ""))
+    collapsed = collapse(records, load_cv_limit)
+    if collapsed:
+        reasons.append(collapsed)
+    return {"unstable": bool(reasons), "unstable_reason": "; ".join(reasons) or None}
 
 
 def smoothed(losses: list[float], window: int = SMOOTHING) -> list[float]:

@@ -68,7 +68,7 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
     held_out = [b.to(device) for b in eval_batches(corpus.val, run.batch_size, case.model.seq_len, run.eval_batches)]
     model.train()
     optimizer = make_optimizer(model, run)
-    log = StepLog(model)
+    log = StepLog(model, health=True)
     state: dict[str, Any] = {"steps": 0, "at_budget": None, "finishing": False}
     pending: dict[int, dict[str, torch.Tensor]] = {}  # step index -> weights copied inside the timed region
 
@@ -79,7 +79,7 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
         for group in optimizer.param_groups:
             group["lr"] = run.lr * warmup_factor(state["steps"], run.lr_warmup_steps)
         loss, aux_loss = loss_of(model, next(batches).to(device))
-        grad_norm = update(model, optimizer, loss + aux_loss, run.grad_clip)
+        grad_norm = update(model, optimizer, loss + aux_loss, run.grad_clip, want_norm=True)
         log.record(loss, grad_norm)
         state["steps"] += 1
         done = state["steps"]

@@ -1,7 +1,8 @@
 """One training step: forward, cross-entropy plus the MoE auxiliary losses, backward, AdamW step.
 
-Every step's loss, gradient norm, coefficient-free auxiliary losses and router health are logged by
-keeping references to tensors (no host synchronisation inside the timed step); `step_log` reads them after.
+Every step's loss and coefficient-free auxiliary losses (and the gradient norm when `run.grad_clip`
+computes it) are logged by keeping references to tensors (no host synchronisation inside the timed
+step); `step_log` reads them after.
 """
 from __future__ import annotations
 

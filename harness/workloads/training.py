@@ -1,8 +1,9 @@
 """What the training workloads share: the optimizer update and the per-step record.
 
 The update is AdamW on cross-entropy plus the MoE auxiliary losses, with optional global gradient-norm
-clipping (`run.grad_clip`). The gradient norm is computed every step, clipped or not, because it is the
-first thing to look at when a run goes unstable; it is a device-side reduction, no host sync.
+clipping (`run.grad_clip`). The gradient norm (clipping computes it anyway) and the router health of
+each MoE layer are recorded when the record asks for `health`: the quality workload does, to show how a
+run trained; `train_step` does not, so its timed step does nothing beyond the training step itself.
 
 The record keeps references to 0-dim tensors only (no `.item()`, no host synchronisation inside the
 timed step); `StepLog.rows` turns them into numbers after timing.
@@ -32,35 +33,44 @@ def total_norm(grads: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
-def update(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Tensor, grad_clip: Optional[float]) -> Tensor:
-    """Backward, clip (if asked), step, zero; returns the gradient norm before clipping."""
+def update(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Tensor, grad_clip: Optional[float],
+           want_norm: bool = False) -> Optional[Tensor]:
+    """Backward, clip (if asked), step, zero; returns the gradient norm before clipping, when it was
+    computed (clipping, or `want_norm`)."""
     objective.backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    if grad_clip is None:
-        norm = total_norm([p.grad for p in params])
-    else:
-        norm = nn.utils.clip_grad_norm_(params, grad_clip)
+    norm = None
+    if grad_clip is not None or want_norm:
+        params = [p for p in model.parameters() if p.grad is not None]
+        if grad_clip is None:
+            norm = total_norm([p.grad for p in params])
+        else:
+            norm = nn.utils.clip_grad_norm_(params, grad_clip)
+        norm = norm.detach()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     model.on_optimizer_step()
-    return norm.detach()
+    return norm
 
 
 class StepLog:
     """One entry per training step: loss, gradient norm, and each MoE layer's aux losses and router health.
 
-    Row columns: `step`, `loss`, `grad_norm`; for an MoE model also the coefficient-free `aux_loss`,
-    `z_loss`, `importance_loss`, `router_logit_mean` and `load_cv` (means over MoE layers),
-    `router_logit_max` (max over MoE layers), and `router_logit_max_l<i>`, `router_logit_mean_l<i>`,
-    `load_cv_l<i>` for the MoE layer at transformer layer i.
+    Row columns: `step`, `loss`, and `grad_norm` when it was computed; for an MoE model the
+    coefficient-free `aux_loss`, `z_loss`, `importance_loss` (means over MoE layers) and, with `health`,
+    `router_logit_mean` and `load_cv` (means over MoE layers), `router_logit_max` (max over MoE layers),
+    and `router_logit_max_l<i>`, `router_logit_mean_l<i>`, `load_cv_l<i>` for the MoE layer at
+    transformer layer i.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, health: bool = False):
         self.layers = moe_layers(model)
-        self.entries: list[tuple[Tensor, Tensor, list[dict[str, Tensor]]]] = []
+        self.health = health
+        for _, layer in self.layers:
+            layer.track_health = health
+        self.entries: list[tuple[Tensor, Optional[Tensor], list[dict[str, Tensor]]]] = []
         self.extra: dict[int, dict[str, Any]] = {}
 
-    def record(self, loss: Tensor, grad_norm: Tensor) -> None:
+    def record(self, loss: Tensor, grad_norm: Optional[Tensor] = None) -> None:
         per_layer = [{**layer.last_losses, **layer.last_router} for _, layer in self.layers]
         self.entries.append((loss.detach(), grad_norm, per_layer))
 
@@ -75,13 +85,13 @@ class StepLog:
         entries = self.entries[:limit]
         if not entries:
             return []
-        columns: dict[str, list[float]] = {
-            "loss": _host([e[0] for e in entries]),
-            "grad_norm": _host([e[1] for e in entries]),
-        }
+        columns: dict[str, list[float]] = {"loss": _host([e[0] for e in entries])}
+        if all(e[1] is not None for e in entries):
+            columns["grad_norm"] = _host([e[1] for e in entries])
         if self.layers:
             for name in LOSS_NAMES:
                 columns[name] = _host([torch.stack([layer[name] for layer in e[2]]).mean() for e in entries])
+        if self.layers and self.health:
             for j, (index, _) in enumerate(self.layers):
                 for name in HEALTH_NAMES:
                     columns[f"{name}_l{index}"] = _host([e[2][j][name] for e in entries])

@@ -17,9 +17,10 @@ plus shared experts, auxiliary losses and routing tallies.
   * `importance_loss` (Shazeer 2017): CV^2(importance) + CV^2(load), importance = per-expert sum of
     combine weights, load = the noisy router's smooth estimate in training, else assignment counts.
     Both terms share `importance_loss_coef` (Shazeer used equal weights). CV^2 = var/mean^2 (population).
-- Training health (`last_router`, training forwards only): the largest and the mean |router logit| and
-  the CV of the expert load, as 0-dim tensors (no host sync), for the per-step record; growing router
-  logits are what ST-MoE's z-loss exists to damp.
+- Training health (`last_router`, training forwards with `track_health` on): the largest and the mean
+  |router logit| and the CV of the expert load, as 0-dim tensors (no host sync), for the per-step record
+  of the quality workload; growing router logits are what ST-MoE's z-loss exists to damp. Off by default,
+  so the timed training step of `train_step` does no work it would not do anyway.
 """
 from __future__ import annotations
 
@@ -130,6 +131,7 @@ class MoELayer(nn.Module):
         self.tally = RoutingTally(moe.experts, causal=self.router.causal and moe.capacity_factor is None)
         self.last_losses: dict[str, Tensor] = {}
         self.last_router: dict[str, Tensor] = {}
+        self.track_health = False
 
     def capacity(self, num_tokens: int) -> Optional[int]:
         if self.capacity_factor is None:
@@ -148,7 +150,7 @@ class MoELayer(nn.Module):
 
         losses, entropy = aux_losses(routing, batch)
         self.last_losses = {name: value.detach() for name, value in losses.items()}
-        if self.training:
+        if self.training and self.track_health:
             self.last_router = router_health(routing.logits, batch.routed)
         total = sum((self.coefs[n] * losses[n] for n in LOSS_NAMES if self.coefs[n] > 0),
                     torch.zeros((), device=x.device))
