@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import RunSettings
-from harness.models.moe.layer import LOSS_NAMES
 from harness.metrics.routing import moe_layers
+from harness.models.moe.layer import LOSS_NAMES
 
 HEALTH_NAMES = ("router_logit_max", "router_logit_mean", "load_cv")
 
