@@ -279,6 +279,11 @@ class Case(_Frozen):
             raise ValueError(f"parallel.expert ({ep}) must divide the number of routed experts ({self.moe.experts})")
         if ep > 1 and self.moe.router == "expert_choice":
             raise ValueError("parallel.expert: expert_choice picks tokens across the whole batch; it cannot run expert-parallel")
+        if self.run.grad_clip is not None and self.parallel.nproc > 1:
+            raise ValueError(
+                "run.grad_clip works on one process only: with parallel.nproc > 1 each rank would clip its own "
+                "gradients before they are summed; set one of them back"
+            )
         if self.run.batch_size % self.parallel.nproc:
             raise ValueError(
                 f"run.batch_size ({self.run.batch_size}) is the global batch and must be divisible by parallel.nproc ({self.parallel.nproc})"

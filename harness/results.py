@@ -47,7 +47,7 @@ def _schema(*groups: tuple[str, Iterable[Column]]) -> dict[str, Column]:
 
 COLUMNS: dict[str, Column] = _schema(
     ("identity and outcome", [
-        Column("case_id", STRING, "", "12-hex hash of the resolved case config (settings at their defaults left out); stable across runs"),
+        Column("case_id", STRING, "", "12-hex hash of the resolved case config; stable across runs"),
         Column("kind", STRING, "", "'moe' or 'dense'"),
         Column("baseline", STRING, "", "for a dense row: the rule that derived it ('flop_matched' or 'param_matched')"),
         Column("matched_to", STRING, "", "MoE row: id of its flop-matched baseline (else its first baseline); dense row: space-separated ids of the MoE cases it serves"),

@@ -330,3 +330,12 @@ def test_routing_collapse_is_named_with_its_layer_and_length():
         steps[i]["load_cv_l3"] = 0.3  # four steps: a blip, not a collapse
     assert stability.assess(steps, load_cv_limit=limit)["unstable"] is False
     assert stability.assess(steps, load_cv_limit=0.0)["unstable"] is False
+
+
+def test_grad_clip_is_refused_across_processes():
+    from pydantic import ValidationError
+
+    from harness.config import ParallelConfig
+
+    with pytest.raises(ValidationError, match="run.grad_clip works on one process only"):
+        Case(kind="dense", model=TINY, run=RunSettings(grad_clip=1.0), parallel=ParallelConfig(nproc=2))
