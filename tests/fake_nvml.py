@@ -66,6 +66,8 @@ class FakeGpu:
     power_limit_mw: int = 700_000
     mig_parent: Optional[int] = None  # index of the board this MIG instance lives on
     origin_s: float = 0.0  # when the driver loaded: the counter counts from here
+    compute_pids: tuple[int, ...] = ()  # processes with a CUDA context on this board
+    throttle_mask: int = 0  # nvmlClocksEventReason* bits set now
 
 
 class NVMLError(Exception):
@@ -177,6 +179,20 @@ class FakeNvml:
         info = Info()
         info.used = used
         return info
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int):
+        self._live()
+
+        class Process:
+            def __init__(self, pid: int):
+                self.pid = pid
+                self.usedGpuMemory = 1 << 28
+
+        return [Process(pid) for pid in self.gpus[handle].compute_pids]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: int) -> int:
+        self._live()
+        return self.gpus[handle].throttle_mask
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:
         return self.gpus[handle].power_limit_mw

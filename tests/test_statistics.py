@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from harness.metrics.statistics import bootstrap_ci, ratio_ci, summarize
+from harness.metrics.statistics import as_groups, bootstrap_ci, few_processes_factor, median_ci, ratio_ci, summarize
 from harness.metrics.timing import _settled, time_steps
 
 
@@ -60,3 +60,89 @@ def test_time_steps_meets_count_and_min_time():
     assert t.warmup_iterations >= 2
     assert len(t.seconds) >= 3
     assert len(calls) == t.warmup_iterations + len(t.seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hierarchical intervals: processes, then steps
+
+
+def _processes(rng, count, steps=20, between=0.10, within=0.05, centre=1.0):
+    """Per-process samples whose true median over all processes is `centre`: each process is shifted
+    by its own N(0, between) offset, its steps scatter by N(0, within) around that."""
+    return [centre + rng.normal(0, between) + rng.normal(0, within, steps) for _ in range(count)]
+
+
+def _coverage(count, trials=200, **kwargs):
+    rng = np.random.default_rng(7)
+    hierarchical = step_only = 0
+    for trial in range(trials):
+        groups = _processes(rng, count, **kwargs)
+        _, low, high = median_ci(groups, seed=trial, resamples=500)
+        hierarchical += low <= 1.0 <= high
+        low, high = bootstrap_ci(np.concatenate(groups), seed=trial, resamples=500)
+        step_only += low <= 1.0 <= high
+    return hierarchical / trials, step_only / trials
+
+
+def test_hierarchical_ci_keeps_nominal_coverage_where_a_step_only_ci_does_not():
+    """Between-process spread twice the within-process spread (a machine where processes differ):
+    the hierarchical interval covers the true median about 95% of the time, the pooled-steps one far less."""
+    hierarchical, step_only = _coverage(count=8)
+    assert 0.90 <= hierarchical <= 0.995
+    assert step_only < 0.6
+
+
+def test_two_processes_stay_conservative():
+    """The default of 2 processes: the small-cluster correction keeps coverage at or above nominal."""
+    hierarchical, step_only = _coverage(count=2, trials=150)
+    assert hierarchical >= 0.93
+    assert step_only < 0.6
+
+
+def test_few_processes_factor():
+    assert few_processes_factor(1) == 1.0
+    assert few_processes_factor(2) > few_processes_factor(3) > few_processes_factor(10) > 1.0
+    assert few_processes_factor(1000) == pytest.approx(1.0, abs=0.01)
+
+
+def test_one_flat_list_is_one_process():
+    flat = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [list(g) for g in as_groups(flat)] == [flat]
+    assert [len(g) for g in as_groups([[1.0, 2.0], [3.0], []])] == [2, 1]
+    assert as_groups(None) == []
+    assert summarize([flat, flat]).processes == 2 and summarize(flat).processes == 1
+
+
+def test_a_stalled_process_widens_the_interval_to_reach_it():
+    """The issue's failure: one tight but 20x slow process. Steps alone give a tight interval near one
+    of the two levels; the hierarchical interval spans both."""
+    rng = np.random.default_rng(4)
+    fast, stalled = 1.0 + rng.normal(0, 0.01, 20), 20.0 + rng.normal(0, 0.2, 20)
+    _, low, high = median_ci([fast, stalled])
+    assert low <= 1.05 and high >= 19.0
+
+
+def test_paired_ratio_cancels_what_the_two_sides_share():
+    """Interleaved A/B in the same processes: a process-wide slowdown hits both sides, so the paired
+    interval is narrow and covers the true ratio; resampling the sides independently is much wider."""
+    rng = np.random.default_rng(5)
+    level = [1.0 + rng.normal(0, 0.2) for _ in range(4)]
+    a = [p * (1 + rng.normal(0, 0.02, 30)) for p in level]
+    b = [2 * p * (1 + rng.normal(0, 0.02, 30)) for p in level]
+    ratio, low, high = ratio_ci(a, b, paired=True)
+    _, low_u, high_u = ratio_ci(a, b)
+    assert low < 0.5 < high and ratio == pytest.approx(0.5, rel=0.05)
+    assert (high - low) * 3 < high_u - low_u
+    with pytest.raises(ValueError):
+        ratio_ci([[1.0, 2.0]], [[1.0]], paired=True)
+
+
+def test_ratio_ci_of_processes_covers_known_ratio():
+    rng = np.random.default_rng(6)
+    covered = 0
+    for trial in range(100):
+        a = _processes(rng, 5, centre=2.0, between=0.1)
+        b = _processes(rng, 5, centre=1.0, between=0.05)
+        _, low, high = ratio_ci(a, b, seed=trial, resamples=500)
+        covered += low <= 2.0 <= high
+    assert covered >= 88

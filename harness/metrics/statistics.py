@@ -1,10 +1,15 @@
-"""Summary statistics for timings: median, p90, IQR and a bootstrap confidence interval of the median.
+"""Summary statistics for timings: median, p90, IQR and confidence intervals of a median and a ratio.
 
-Pure functions over lists of floats, so they can be tested against known distributions.
+A case is timed in several worker processes, so samples come as one list of per-step seconds per
+process. Intervals come from a hierarchical bootstrap (processes, then steps within them), so they
+include the variance between processes that a single process's steps cannot show. Pure functions
+over lists of floats, so they can be tested against known distributions.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,6 +24,7 @@ class Summary:
     ci_low: float
     ci_high: float
     n: int
+    processes: int = 1
 
     @property
     def noisy(self) -> bool:
@@ -41,22 +47,136 @@ def bootstrap_ci(
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
-def summarize(samples: list[float], confidence: float = 0.95, seed: int = 0) -> Summary:
-    x = np.asarray(samples, dtype=float)
+def summarize(samples: Any, confidence: float = 0.95, seed: int = 0) -> Summary:
+    """Median, p90 and IQR of all steps pooled; the interval from `median_ci`. `samples`: one flat
+    list (one process) or one list per process."""
+    groups = as_groups(samples)
+    x = np.concatenate(groups) if groups else np.array([np.nan])
     q1, median, q3, p90 = np.quantile(x, [0.25, 0.5, 0.75, 0.9])
-    low, high = bootstrap_ci(x, confidence=confidence, seed=seed)
-    return Summary(float(median), float(p90), float(q3 - q1), low, high, int(x.size))
+    _, low, high = median_ci(groups, confidence=confidence, seed=seed)
+    return Summary(float(median), float(p90), float(q3 - q1), low, high, int(x.size) if groups else 0, len(groups))
+
+
+Groups = Sequence[Sequence[float]]
+"""Timing samples per worker process: one inner sequence of per-step seconds per process."""
+
+
+def as_groups(samples: Any) -> list[np.ndarray]:
+    """Per-process arrays from `samples_s` as stored: a list of per-process lists, or (runs from
+    before processes were recorded) one flat list, which is one process. Empty groups are dropped."""
+    if samples is None:
+        return []
+    items = list(samples)
+    if items and not isinstance(items[0], (list, tuple, np.ndarray)):
+        items = [items]
+    groups = [np.asarray(g, dtype=float) for g in items]
+    return [g[np.isfinite(g)] for g in groups if np.isfinite(g).any()]
+
+
+def _draw(groups: list[np.ndarray], rng: np.random.Generator, resamples: int, processes=None, steps=None):
+    """One hierarchical resample per row: processes drawn with replacement, then steps drawn with
+    replacement within each drawn process. Returns (values [resamples, P, n_max] with NaN padding,
+    the process draw, the uniform step draw) so a paired side can reuse the same draws."""
+    sizes = np.array([g.size for g in groups])
+    padded = np.full((len(groups), sizes.max()), np.nan)
+    for i, g in enumerate(groups):
+        padded[i, : g.size] = g
+    if processes is None:
+        processes = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    if steps is None:
+        steps = rng.random((resamples, len(groups), sizes.max()))
+    n = sizes[processes][..., None]
+    index = np.minimum((steps * n).astype(int), n - 1)
+    values = padded[processes[..., None], index]
+    values[np.arange(sizes.max())[None, None, :] >= n] = np.nan  # a short process contributes its own count
+    return values, processes, steps
+
+
+def hierarchical_bootstrap(groups: Groups, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of the pooled median over processes, then steps.
+
+    Resampling processes first carries the between-process variance (a process that stalled, a
+    different memory layout, another job on the machine for a while) into the interval; resampling
+    steps alone treats every step as independent and gives an interval that is too narrow whenever
+    processes differ (issue: a stalled process with tight samples). With one process it reduces to
+    the ordinary bootstrap of the median.
+    """
+    arrays = as_groups(groups)
+    if not arrays:
+        return np.full(resamples, np.nan)
+    values, _, _ = _draw(arrays, np.random.default_rng(seed), resamples)
+    return np.nanmedian(values.reshape(resamples, -1), axis=1)
+
+
+def pooled_median(groups: Groups) -> float:
+    arrays = as_groups(groups)
+    return float(np.median(np.concatenate(arrays))) if arrays else float("nan")
+
+
+def few_processes_factor(processes: int, confidence: float = 0.95) -> float:
+    """How much to widen a bootstrap interval resampled over `processes` clusters.
+
+    With few clusters the bootstrap sees too little between-process variance: it is biased low by
+    (P-1)/P, and its spread is only estimated from P values, so a normal quantile is too small. The
+    usual small-cluster fix (Cameron, Gelbach and Miller, 2008) scales by sqrt(P/(P-1)) and uses
+    Student's t with P-1 degrees of freedom instead of the normal quantile. 1 for a single process,
+    where there is nothing to correct (and no between-process variance in the interval).
+    """
+    if processes < 2:
+        return 1.0
+    from scipy.stats import norm, t
+
+    q = 1 - (1 - confidence) / 2
+    return math.sqrt(processes / (processes - 1)) * float(t.ppf(q, processes - 1) / norm.ppf(q))
+
+
+def _interval(estimate: float, stats: np.ndarray, processes: int, confidence: float) -> tuple[float, float]:
+    """Percentile interval of `stats`, widened around `estimate` in log space (timings and their
+    ratios are positive and skewed) by `few_processes_factor`."""
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    factor = few_processes_factor(processes, confidence)
+    if factor == 1.0 or not (estimate > 0 and low > 0):
+        return float(low), float(high)
+    centre = math.log(estimate)
+    return (float(math.exp(centre + (math.log(low) - centre) * factor)),
+            float(math.exp(centre + (math.log(high) - centre) * factor)))
+
+
+def median_ci(groups: Groups, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(pooled median, low, high) of per-process timing samples.
+
+    The interval is the hierarchical bootstrap's percentile interval, widened for few processes
+    (`few_processes_factor`); with one process it is the plain bootstrap of the median over steps.
+    """
+    arrays = as_groups(groups)
+    if not arrays:
+        return float("nan"), float("nan"), float("nan")
+    estimate = pooled_median(arrays)
+    low, high = _interval(estimate, hierarchical_bootstrap(arrays, resamples, seed), len(arrays), confidence)
+    return estimate, low, high
 
 
 def ratio_ci(
-    numerator: list[float], denominator: list[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+    numerator: Groups, denominator: Groups, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+    paired: bool = False,
 ) -> tuple[float, float, float]:
-    """Ratio of medians with a bootstrap interval, resampling both sides independently."""
-    a = np.asarray(numerator, dtype=float)
-    b = np.asarray(denominator, dtype=float)
+    """Ratio of pooled medians with a hierarchical bootstrap interval.
+
+    Each side is resampled over processes, then steps. `paired=True` is for interleaved timing
+    (A B A B in one process): process i of the numerator ran in the same process as process i of the
+    denominator, and step j of one next to step j of the other, so both sides reuse the same draws and
+    what the two share (a slow process, a busy minute) cancels in the ratio. A flat list is one process.
+    The interval is widened for few processes as in `median_ci` (the smaller side's count).
+    """
+    a, b = as_groups(numerator), as_groups(denominator)
+    if not a or not b:
+        return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    ra = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-    rb = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
-    ratios = ra / rb
-    alpha = (1 - confidence) / 2
-    return float(np.median(a) / np.median(b)), float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1 - alpha))
+    if paired and [g.size for g in a] != [g.size for g in b]:
+        raise ValueError("paired ratio needs the same number of steps per process on both sides")
+    va, processes, steps = _draw(a, rng, resamples)
+    vb, _, _ = _draw(b, rng, resamples, processes, steps) if paired else _draw(b, rng, resamples)
+    ratios = np.nanmedian(va.reshape(resamples, -1), axis=1) / np.nanmedian(vb.reshape(resamples, -1), axis=1)
+    estimate = pooled_median(a) / pooled_median(b)
+    return (estimate, *_interval(estimate, ratios, min(len(a), len(b)), confidence))
