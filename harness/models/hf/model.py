@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import Case
-from harness.models.moe.layer import aux_losses
+from harness.models.moe.layer import BatchCounts, aux_losses
 from harness.models.moe.router import Routing, histogram, slot_major
 from harness.models.moe.stats import RoutingTally
 
@@ -44,7 +44,8 @@ class LazyLosses(Mapping):
     def _computed(self) -> dict[str, Tensor]:
         if self._losses is None:
             routing = routing_of(*self._args)
-            self._losses = aux_losses(routing, histogram(routing.expert, routing.probs.shape[1]))
+            routed = histogram(routing.expert, routing.probs.shape[1])
+            self._losses, _ = aux_losses(routing, BatchCounts(routing.logits.shape[0], routed, routed, None))
         return self._losses
 
     def __getitem__(self, name: str) -> Tensor:
@@ -65,16 +66,16 @@ class RouterTap:
         self.k, self.renormalize = k, renormalize
         self.tally = RoutingTally(num_experts, causal=True)
         self.last_losses: Mapping[str, Tensor] = {}
+        self.last_router: dict[str, Tensor] = {}
 
     @torch.no_grad()
     def record(self, logits: Tensor) -> None:
         routing = routing_of(logits, self.k, self.renormalize)
         routed = histogram(routing.expert, routing.probs.shape[1])
-        losses = aux_losses(routing, routed)
-        entropy = torch.special.entr(routing.probs).sum()
+        T = logits.shape[0]
+        losses, entropy = aux_losses(routing, BatchCounts(T, routed, routed, None))
         scalars = torch.stack([torch.zeros((), device=logits.device), routed.max().float(), entropy,
                                losses["aux_loss"], losses["z_loss"], losses["importance_loss"]])
-        T = logits.shape[0]
         self.tally.update(tokens=T, slots=T * self.k, drop_total=T * self.k, routed=routed, scalars=scalars)
 
 
