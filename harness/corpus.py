@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from harness.config import BYTE_VOCAB
+
 VAL_FRACTION = 0.1
 KJV_HELD_OUT_BOOKS = ("Matthew", "Mark", "Luke", "John")
 

@@ -14,7 +14,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.config import Case
 from harness.contracts import RESULT_VERSION, Calibration, WorkerJob, WorkerResult, read_versioned

@@ -20,8 +20,17 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
 
 from harness import safe_yaml
+from harness.config import (
+    BYTE_VOCAB,
+    BaselineKind,
+    Case,
+    ModelConfig,
+    MoEConfig,
+    ParallelConfig,
+    RunSettings,
+    StrictConfig,
+)
 from harness.errors import UserError
-from harness.config import BYTE_VOCAB, BaselineKind, Case, ModelConfig, MoEConfig, ParallelConfig, RunSettings, StrictConfig
 
 
 class SuiteError(UserError):

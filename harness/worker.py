@@ -37,8 +37,8 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402 - after the parent-death request above
 
-from harness.config import Case
-from harness.contracts import JOB_VERSION, Calibration, IdlePower, WorkerJob, WorkerResult, read_versioned
+from harness.config import Case  # noqa: E402
+from harness.contracts import JOB_VERSION, Calibration, IdlePower, WorkerJob, WorkerResult, read_versioned  # noqa: E402
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 from pathlib import Path
+
 import torch
 import torch.multiprocessing as mp
 

@@ -8,8 +8,16 @@ import pytest
 from harness.analysis import RunError, load_run_info
 from harness.config import Case, ModelConfig, RunSettings
 from harness.contracts import (
-    JOB_VERSION, RUN_FORMAT_VERSION, Calibration, ContractError, IdlePower, RunInfo, WorkerJob, WorkerResult,
-    read_run_info, read_versioned,
+    JOB_VERSION,
+    RUN_FORMAT_VERSION,
+    Calibration,
+    ContractError,
+    IdlePower,
+    RunInfo,
+    WorkerJob,
+    WorkerResult,
+    read_run_info,
+    read_versioned,
 )
 from harness.store import RunStore
 

@@ -1,12 +1,19 @@
 """MoE layer: dense equivalence, capacity and dropping, gradients to the router."""
+import copy
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from harness.config import ModelConfig, MoEConfig
+from harness.config import Case, ModelConfig, MoEConfig, RunSettings
+from harness.metrics import routing as routing_stats
+from harness.models import build_model
 from harness.models.dense import FeedForward
+from harness.models.moe.dispatch import IMPLS
 from harness.models.moe.layer import MoELayer
+from harness.models.moe.router import SigmoidBiasRouter, round_robin, zipf_choice
 
 MODEL = ModelConfig(d_model=32, d_ff=64)
 
@@ -88,16 +95,6 @@ def test_switch_aux_loss_is_alpha_at_perfect_balance_and_flows_to_router():
 
 
 # ---------------------------------------------------------------- every impl matches the loop reference
-import copy
-
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from harness.config import Case, RunSettings
-from harness.metrics import routing as routing_stats
-from harness.models import build_model
-from harness.models.moe.dispatch import IMPLS
-from harness.models.moe.router import SigmoidBiasRouter, round_robin, zipf_choice
 
 ROUTERS = ["topk_softmax", "switch", "noisy_topk", "expert_choice", "sigmoid_bias"]
 

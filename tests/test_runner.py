@@ -328,11 +328,11 @@ def test_merge_refuses_missing_or_unfinished_shards(tmp_path):
 
 
 def test_summary_pairs_by_the_rule_the_suite_used():
+    import tempfile
+
     from harness.analysis import load
     from harness.summary import ratios
     from tests.report_fixtures import make_run
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         df = load(make_run(Path(tmp) / "r"))

@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from harness.config import Case, ModelConfig, MoEConfig, RunSettings
-from harness.models import TransformerLM, build_model
+from harness.models import build_model
 from harness.models.dense import FeedForward
 from harness.models.moe.layer import MoELayer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -80,8 +80,8 @@ def test_peak_precedence_suite_then_datasheet_then_calibration():
 def test_calibration_runs_at_each_thread_count_the_cases_use():
     import torch
 
-    from harness.config import Case, ModelConfig, RunSettings
     from harness.calibration import calibrate
+    from harness.config import Case, ModelConfig, RunSettings
 
     before = torch.get_num_threads()
     cases = [Case(kind="dense", model=ModelConfig(), run=RunSettings(device="cpu", threads=t, measure_energy=False))

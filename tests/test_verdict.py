@@ -5,7 +5,17 @@ import pandas as pd
 import pytest
 
 from harness.verdict import (
-    CONTENDED, FASTER, NO_INTERVAL, SAME, SLOWER, UNRELIABLE, UNSTABLE, WIDE, Disturbance, decide, disturbances,
+    CONTENDED,
+    FASTER,
+    NO_INTERVAL,
+    SAME,
+    SLOWER,
+    UNRELIABLE,
+    UNSTABLE,
+    WIDE,
+    Disturbance,
+    decide,
+    disturbances,
     unreliable_sentence,
 )
 

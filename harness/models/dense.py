@@ -9,7 +9,6 @@ so dense and MoE FFNs do the same kind of work per token.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

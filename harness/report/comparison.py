@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from harness.analysis import config_label, latency_columns, paired, safe_ratio, throughput_ratio_bounds
 from harness.contracts import RunInfo
 from harness.environment import comparable
-from harness.analysis import safe_ratio, config_label, latency_columns, paired, throughput_ratio_bounds
 from harness.report.plots import Plot, new_figure
 from harness.report.tables import Cell, Table, fmt, ratio_cell, text, varying
 from harness.results import COLUMNS
