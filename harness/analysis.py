@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness.contracts import ContractError, RunInfo, read_run_info
+from harness.errors import UserError
 from harness.metrics import stability
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
 
@@ -31,7 +32,7 @@ ROUTING_COLUMNS = columns_in("routing")
 _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run folder that cannot be read (missing or malformed results); a user-fixable problem."""
 
 
@@ -86,14 +87,18 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     strings). Unknown extra columns are kept as read.
     """
     path = _results_file(Path(run_dir))
-    if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
-    else:
-        text_cols = [c for c, t in DTYPES.items() if t in (STRING, BOOL)]
-        try:
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            text_cols = [c for c, t in DTYPES.items() if t in (STRING, BOOL)]
             df = pd.read_csv(path, dtype={c: "string" for c in text_cols}, keep_default_na=True)
-        except pd.errors.EmptyDataError:
-            raise RunError(f"{path}: empty results file") from None
+    except pd.errors.EmptyDataError:
+        raise RunError(f"{path}: empty results file") from None
+    except (ValueError, OSError) as exc:  # a damaged table (pyarrow and pandas parse errors are ValueErrors)
+        df = _from_journal(Path(run_dir))
+        if df is None:
+            raise RunError(f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
     for col in ("case_id", "kind", "workload", "status"):
         if col not in df.columns:
             raise RunError(f"{path}: required column {col!r} is missing")
@@ -136,6 +141,16 @@ def mark_stalled(df: pd.DataFrame, steps: pd.DataFrame | None) -> None:
             df.at[idx, "unstable"] = True
 
 
+def _from_journal(run_dir: Path) -> pd.DataFrame | None:
+    """The table rebuilt from the journal (`rows.jsonl`, the record the tables are written from), or None."""
+    from harness.store import RunStore
+
+    if not (run_dir / "rows.jsonl").is_file():
+        return None
+    store = RunStore(run_dir)
+    return store.frame() if store.rows() else None
+
+
 def load_run_info(run_dir: str | Path) -> RunInfo:
     """run.json of a run (suite, suite_yaml, fingerprint, started, finished, calibration), from any
     format version this harness reads; an empty `RunInfo` when the folder has none."""
@@ -143,9 +158,13 @@ def load_run_info(run_dir: str | Path) -> RunInfo:
     if not path.is_file():
         return RunInfo()
     try:
-        return read_run_info(json.loads(path.read_text()), str(path))
+        doc = json.loads(path.read_text(errors="replace"))
     except json.JSONDecodeError as exc:
         raise RunError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise RunError(f"{path}: nested too deeply to be a run.json") from None
+    try:
+        return read_run_info(doc, str(path))
     except ContractError as exc:
         raise RunError(str(exc)) from None
 

@@ -190,7 +190,7 @@ class RunSettings(_Frozen):
     seed: int = Field(default=0, ge=0, description="seed of weights and data")
     warmup: int = Field(default=2, ge=0, description="minimum untimed steps; warmup goes on until timings settle (at most 20)")
     repeats: PositiveInt = Field(default=5, description="minimum timed repeats")
-    min_time_s: float = Field(default=0.0, ge=0, le=3600, description="keep repeating until this much time was measured (at most 1,000 repeats)")
+    min_time_s: float = Field(default=0.0, ge=0, le=3600, description="keep repeating until this much time was measured (at most 1,000 repeats; `min_time_capped` says when that stopped it)")
     timeout_s: float = Field(default=600.0, gt=0, le=7 * 86400, description="per (case, workload) limit; past it the row is 'timeout'")
     memory_limit_mb: Optional[PositiveInt] = Field(
         default=None, le=2**40, description="cap the worker's memory so a runaway case fails as 'oom' instead of taking the machine"

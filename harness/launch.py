@@ -1,25 +1,27 @@
 """Run one (case, workload) in a worker subprocess and turn whatever happens to it into a result.
 
 The worker writes its result to a file; when there is none, the exit code, the signal and the
-cgroup's OOM-kill counter say why: a crash, an out-of-memory kill or a timeout becomes a status and a
-one-line reason, never a lost run.
+out-of-memory evidence (`oom.py`) say why: a crash, an out-of-memory kill or a timeout becomes a
+status and a one-line reason, never a lost run.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import oom
 from harness.config import Case
 from harness.contracts import RESULT_VERSION, Calibration, WorkerJob, WorkerResult, read_versioned
 
-SIGNAL_NAMES = {getattr(signal, n): n for n in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGTERM", "SIGINT", "SIGILL", "SIGFPE")}
-OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
+JOB_PREFIX = "harness-job-"
 
 
 @dataclass(frozen=True)
@@ -32,28 +34,37 @@ class Job:
         return (self.case.id, self.workload)
 
 
-def oom_kills() -> int | None:
-    """The cgroup's OOM-kill counter, when this machine exposes it (cgroup v2)."""
+def pid_alive(pid: int) -> bool:
     try:
-        for line in OOM_EVENTS.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    except (OSError, ValueError):
-        pass
-    return None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
-def _signal_reason(returncode: int, oom_before: int | None, oom_after: int | None) -> tuple[str, str]:
-    sig = -returncode
-    name = SIGNAL_NAMES.get(sig, f"signal {sig}")
-    if sig != signal.SIGKILL:
-        return "failed", f"worker crashed with {name}"
-    if oom_before is not None and oom_after is not None:
-        if oom_after > oom_before:
-            return "oom", "worker killed by the OS out-of-memory killer (cgroup oom_kill rose)"
-        return "failed", f"worker killed by {name} (not by the cgroup OOM killer)"
-    return "oom", f"worker killed by {name}, most likely the OS out-of-memory killer (cannot confirm on this machine)"
+def clean_stale_job_folders(tmp: Path | None = None, max_age_s: float = 86400) -> list[Path]:
+    """Remove this user's job folders whose runner is gone: a runner killed with SIGKILL cannot clean
+    up after itself. The folder name carries the runner's pid; a name without one (older versions)
+    is removed once it is a day old."""
+    removed = []
+    for path in Path(tmp or tempfile.gettempdir()).glob(JOB_PREFIX + "*"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if info.st_uid != os.getuid() or not path.is_dir():
+            continue
+        pid, sep, _ = path.name[len(JOB_PREFIX):].partition("-")
+        if sep and pid.isdigit():
+            if pid_alive(int(pid)):
+                continue
+        elif time.time() - info.st_mtime < max_age_s:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def _last_line(log: Path) -> str:
@@ -80,11 +91,11 @@ def run_job(
     suffix = f"-interleaved-{pair_with.id}" if pair_with else ""
     log_path = logs / f"{job.case.id}-{job.workload}{suffix}.log"
     payload = WorkerJob(case=job.case, workload=job.workload, context=context or Calibration(), pair_with=pair_with)
-    with tempfile.TemporaryDirectory(prefix="harness-job-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{JOB_PREFIX}{os.getpid()}-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(payload.model_dump_json())
         cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
-        oom_before = oom_kills()
+        memory_before = oom.read_counters()
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
@@ -101,7 +112,7 @@ def run_job(
         if result_path.exists():
             return read_versioned(WorkerResult, json.loads(result_path.read_text()), RESULT_VERSION, str(result_path))
         if returncode < 0:
-            status, reason = _signal_reason(returncode, oom_before, oom_kills())
+            status, reason = oom.explain_signal(returncode, proc.pid, memory_before, oom.read_counters())
         else:
             status, reason = "failed", f"worker exited with code {returncode} and no result"
         tail = _last_line(log_path)

@@ -29,6 +29,9 @@ class Sources:
     kernel_log: Path = Path("/dev/kmsg")
 
 
+SOURCES = Sources()
+
+
 @dataclass(frozen=True)
 class Counters:
     """The memory cgroup's counters at one moment; None where this machine does not expose one."""
@@ -83,8 +86,8 @@ def _read(path: Path) -> Optional[str]:
         return None
 
 
-def read_counters(sources: Sources = Sources()) -> Counters:
-    found = memory_cgroup(sources)
+def read_counters(sources: Optional[Sources] = None) -> Counters:
+    found = memory_cgroup(sources or SOURCES)
     if found is None:
         return Counters()
     version, folder = found
@@ -102,14 +105,14 @@ def read_counters(sources: Sources = Sources()) -> Counters:
     )
 
 
-def kernel_log_kill(pid: int, sources: Sources = Sources()) -> Optional[str]:
+def kernel_log_kill(pid: int, sources: Optional[Sources] = None) -> Optional[str]:
     """The kernel log line that says the OOM killer killed `pid`, if this user may read the log.
 
     Inside a pid namespace the kernel logs the host's pid, so no line matches and other evidence decides.
     """
     pattern = re.compile(rf"(Killed process {pid} \(|oom-kill:.*[,:]pid={pid}[,\s])")
     try:
-        fd = os.open(sources.kernel_log, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open((sources or SOURCES).kernel_log, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     found, read = None, 0
@@ -136,7 +139,7 @@ def kernel_log_kill(pid: int, sources: Sources = Sources()) -> Optional[str]:
 
 
 def explain_signal(
-    returncode: int, pid: int, before: Counters, after: Counters, sources: Sources = Sources()
+    returncode: int, pid: int, before: Counters, after: Counters, sources: Optional[Sources] = None
 ) -> tuple[str, str]:
     """(status, reason) for a worker that died from signal -returncode."""
     sig = -returncode

@@ -100,6 +100,7 @@ COLUMNS: dict[str, Column] = _schema(
         Column("latency_ms_ci_high", FLOAT, "ms", "upper bound of that interval"),
         Column("repeats", INT, "steps", "timed steps"),
         Column("warmup_iterations", INT, "steps", "untimed steps run first (until timings settle, capped)"),
+        Column("min_time_capped", BOOL, "", "true when run.min_time_s was not reached because timing stopped at the 1,000-repeat cap"),
         Column("noisy", BOOL, "", "True when IQR / median latency > 10%"),
         Column("timer", STRING, "", "perf_counter (CPU) or cuda_event (GPU)"),
         Column("tokens_per_step", INT, "tokens", "tokens processed per timed step: batch_size * seq_len (decode: batch_size * decode_tokens)"),

@@ -14,16 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import safe_yaml
 from harness.analysis import load
 from harness.calibration import calibrate
 from harness.config import Case
 from harness.contracts import RunInfo
 from harness.environment import comparable, fingerprint
-from harness.launch import Job, run_job
+from harness.launch import Job, clean_stale_job_folders, run_job
+from harness.lock import RunLock, note_takeover
 from harness.metrics.statistics import ratio_ci
 from harness.progress import Progress
 from harness.rows import result_row
-from harness.store import RunStore
+from harness.store import RunFolderError, RunStore
 from harness.suite import Suite, SuiteError, build_suite, load_suite
 from harness.summary import print_summary
 from harness.sweep import Expansion, expand
@@ -63,34 +65,80 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _load(args: argparse.Namespace, here: dict[str, Any]) -> tuple[Suite, str, RunStore, RunInfo | None]:
-    """The suite, its YAML text and the store; for --resume, taken from the run folder."""
+def _load(args: argparse.Namespace, here: dict[str, Any]) -> tuple[Suite, RunStore, RunInfo, RunLock]:
+    """The suite, the store, run.json's content and the held lock of the run folder; for --resume, the
+    suite comes from the run folder (or, when its run.json is damaged, from the suite file given)."""
     if args.resume:
-        if args.out or args.shard:
+        if args.out:
             raise SuiteError("--resume continues a run as it was started: drop --out and --shard")
-        if not (Path(args.resume) / "run.json").is_file():
-            raise SuiteError(f"--resume {args.resume}: no run.json there; not a run folder")
-        store = RunStore(Path(args.resume))
-        meta = store.read_meta()
-        differs = comparable(meta.fingerprint, here)
-        if differs:
-            raise SuiteError(
-                f"--resume {args.resume}: this machine differs from the run's ({', '.join(differs)}); "
-                "its numbers would not be comparable, start a new run"
-            )
-        suite = build_suite(meta.suite, source=f"{args.resume}/run.json")
-        if args.suite:
-            given = load_suite(args.suite, tuple(args.overrides))
-            if given.model_dump() != suite.model_dump():
-                raise SuiteError(f"--resume {args.resume}: {args.suite} differs from the suite of that run")
-        return suite, meta.suite_yaml, store, meta
+        folder = Path(args.resume)
+        if not folder.is_dir():
+            raise SuiteError(f"--resume {folder}: no such folder")
+        lock = RunLock(folder, f"run --resume {folder}").acquire()
+        try:
+            store = RunStore(folder)
+            try:
+                meta = store.read_meta()
+            except RunFolderError:
+                if not (args.suite and store.journal.exists()):
+                    raise
+                meta = _rebuilt_meta(args, store, here)
+            else:
+                if args.shard:
+                    raise SuiteError("--resume continues a run as it was started: drop --out and --shard")
+                differs = comparable(meta.fingerprint, here)
+                if differs:
+                    raise SuiteError(
+                        f"--resume {folder}: this machine differs from the run's ({', '.join(differs)}); "
+                        "its numbers would not be comparable, start a new run"
+                    )
+            suite = build_suite(meta.suite, source=f"{folder}/run.json")
+            if args.suite:
+                given = load_suite(args.suite, tuple(args.overrides))
+                if given.model_dump() != suite.model_dump():
+                    raise SuiteError(f"--resume {folder}: {args.suite} differs from the suite of that run")
+        except BaseException:
+            lock.release()
+            raise
+        return suite, store, meta, lock
     if not args.suite:
         raise SuiteError("run: give a suite file (or --resume DIR)")
     suite = load_suite(args.suite, tuple(args.overrides))
     out = Path(args.out) if args.out else _default_out(suite)
+    if out.exists() and not out.is_dir():
+        raise SuiteError(f"--out {out}: exists and is not a folder")
+    lock = RunLock(out, f"run {args.suite}").acquire()
     if (out / "rows.jsonl").exists():
+        lock.release()
         raise SuiteError(f"--out {out}: already holds a run; use --resume {out} to continue it")
-    return suite, Path(args.suite).read_text(), RunStore(out), None
+    shard = parse_shard(args.shard)
+    return suite, RunStore(out), _new_meta(suite, safe_yaml.read_text(Path(args.suite)), args.overrides, shard, here), lock
+
+
+def _new_meta(suite: Suite, suite_yaml: str, overrides: list[str], shard: tuple[int, int] | None, here: dict[str, Any]) -> RunInfo:
+    return RunInfo(suite=suite.model_dump(mode="json"), suite_yaml=suite_yaml, overrides=list(overrides),
+                   shard=shard, fingerprint=here, started=_now())
+
+
+def _rebuilt_meta(args: argparse.Namespace, store: RunStore, here: dict[str, Any]) -> RunInfo:
+    """run.json again from the suite file the run was started with, after checking that every stored
+    row belongs to it; the fingerprint is this machine's (the rows keep their own provenance)."""
+    suite = load_suite(args.suite, tuple(args.overrides))
+    shard = parse_shard(args.shard)
+    ids = {case.id for case in expand(suite) if in_shard(case.id, shard)}
+    foreign = {row["case_id"] for row in store.rows()} - ids
+    if foreign:
+        where = f" (shard {args.shard})" if shard else ""
+        raise SuiteError(
+            f"--resume {store.root}: {len(foreign)} of its cases are not in {args.suite}{where}; give the suite file "
+            "and the --set and --shard options the run was started with"
+        )
+    meta = _new_meta(suite, safe_yaml.read_text(Path(args.suite)), args.overrides, shard, here)
+    meta.started = None
+    meta.rebuilt = _now()  # an extra key: RunInfo keeps what it does not know
+    store.write_meta(meta)
+    print(f"note: rebuilt {store.meta_path} from {args.suite} ({len(store.rows())} rows kept)", file=sys.stderr)
+    return meta
 
 
 def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -98,26 +146,46 @@ def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signatur
 
 
 def main(args: argparse.Namespace) -> int:
+    """Ctrl-C or SIGTERM at any moment ends the run cleanly (exit 130, no traceback); in the set-up,
+    before anything is stored, as a KeyboardInterrupt the entry point turns into a one-line message."""
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(args)
+    except Interrupted as exc:
+        raise KeyboardInterrupt(str(exc)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    clean_stale_job_folders()
     here = fingerprint()
-    suite, suite_yaml, store, meta = _load(args, here)
-    shard = parse_shard(args.shard) if meta is None else meta.shard
+    suite, store, meta, lock = _load(args, here)
+    try:
+        note_takeover(lock)
+        return _measure(args, suite, store, meta, here)
+    except Interrupted as exc:  # a second Ctrl-C while the tables or the report are written
+        print(f"\nstopped by {exc}; finished rows are in {store.root} — continue with --resume {store.root}", file=sys.stderr)
+        return 130
+    finally:
+        lock.release()
+
+
+def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunInfo, here: dict[str, Any]) -> int:
+    shard = meta.shard
     expansion = expand(suite)
     jobs = jobs_for(suite, expansion, shard)
-    if meta is None:
-        meta = RunInfo(suite=suite.model_dump(mode="json"), suite_yaml=suite_yaml, overrides=list(args.overrides),
-                       shard=shard, fingerprint=here, started=_now())
-        store.write_meta(meta)
+    store.write_meta(meta)
     done = store.done(include_failed=not args.rerun_failed)
     todo = [job for job in jobs if job.key not in done]
-    context = calibrate([job.case for job in todo], previous=meta.calibration)
-    meta.calibration = context
-    meta.fingerprint["matmul_tflops"] = dict(context.matmul_tflops)
-    store.write_meta(meta)
-
-    progress = Progress(total=len(jobs), done=len(jobs) - len(todo), quiet=args.quiet)
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     interrupted = None
     try:
+        context = calibrate([job.case for job in todo], previous=meta.calibration)
+        meta.calibration = context
+        meta.fingerprint["matmul_tflops"] = dict(context.matmul_tflops)
+        store.write_meta(meta)
+        progress = Progress(total=len(jobs), done=len(jobs) - len(todo), quiet=args.quiet)
         with progress:
             for job in todo:
                 progress.start(job.case.id, job.case.kind, job.workload)
@@ -134,9 +202,6 @@ def main(args: argparse.Namespace) -> int:
                 progress.finish(row, time.perf_counter() - started)
     except Interrupted as exc:
         interrupted = str(exc)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
     meta.finished = _now()
     meta.interrupted = interrupted
@@ -146,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nstopped by {interrupted}; finished rows are in {store.root} — continue with --resume {store.root}", file=sys.stderr)
         return 130
     if not store.rows():
-        print(f"no case to run (shard {args.shard} of this suite is empty)" if shard else "no case to run")
+        print(f"no case to run (shard {shard[0]}/{shard[1]} of this suite is empty)" if shard else "no case to run")
         return 0
     frame = load(store.root)
     print_summary(frame)

@@ -149,6 +149,7 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
         "latency_ms_ci_high": stats.ci_high * 1e3,
         "repeats": stats.n,
         "warmup_iterations": timings.warmup_iterations,
+        "min_time_capped": timings.min_time_capped,
         "noisy": stats.noisy,
         "timer": timings.timer,
         "tokens_per_step": workload.tokens_per_step,

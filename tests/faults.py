@@ -38,3 +38,23 @@ allocates = _make(_allocate)
 sleeps = _make(_sleep)
 segfaults = _make(_segfault)
 slow = _make(lambda: time.sleep(0.3))
+
+
+
+def _killed():
+    """Killed by SIGKILL, as a person or a supervisor would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _oom_killed():
+    """Killed as the OOM killer would: the fake cgroup file named by HARNESS_FAKE_OOM_CONTROL counts it."""
+    path = os.environ["HARNESS_FAKE_OOM_CONTROL"]
+    lines = open(path).read().splitlines()
+    with open(path, "w") as f:
+        f.write("\n".join(f"oom_kill {int(line.split()[1]) + 1}" if line.startswith("oom_kill ") else line for line in lines) + "\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+killed = _make(_killed)
+oom_killed = _make(_oom_killed)
+noop = _make(lambda: None)

@@ -146,3 +146,12 @@ def test_ratio_ci_of_processes_covers_known_ratio():
         _, low, high = ratio_ci(a, b, seed=trial, resamples=500)
         covered += low <= 2.0 <= high
     assert covered >= 88
+
+
+def test_time_steps_says_when_the_repeat_cap_stopped_min_time():
+    import torch
+
+    capped = time_steps(lambda: None, torch.device("cpu"), warmup=0, repeats=1, min_time_s=5.0, max_repeats=20)
+    assert len(capped.seconds) == 20 and capped.min_time_capped
+    reached = time_steps(lambda: None, torch.device("cpu"), warmup=0, repeats=30, min_time_s=0.0, max_repeats=20)
+    assert len(reached.seconds) == 30 and not reached.min_time_capped

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def environment_mismatch(baseline: Results, current: Results) -> list[str]:
 
 
 def run_comparison(args: argparse.Namespace) -> Comparison:
-    if not args.threshold > 0:
-        raise CompareError(f"--threshold must be > 0 (a relative change, 0.10 = 10%), got {args.threshold}")
+    if not (math.isfinite(args.threshold) and args.threshold > 0):  # inf would switch the gate off
+        raise CompareError(f"--threshold must be a finite number > 0 (a relative change, 0.10 = 10%), got {args.threshold}")
     if not 0 < args.alpha < 1:
         raise CompareError(f"--alpha must be between 0 and 1, got {args.alpha}")
     current = load_results(args.run)

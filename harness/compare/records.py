@@ -1,6 +1,7 @@
 """What compare reads: one (case, workload)'s results, and a run's or a reference's set of them."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -66,11 +67,31 @@ class CaseResult:
         return {k: v for k, v in record.items() if v is not None and v != "" and v != []}
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> CaseResult:
-        known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in record.items() if k in known}
-        values["samples_ms"] = tuple(float(s) for s in record.get("samples_ms", ()))
+    def from_json(cls, record: Any) -> CaseResult:
+        """From a reference file's record. The file is user input, so every field is type-checked
+        (ValueError naming the field): text is text, numbers are finite numbers, never booleans."""
+        if not isinstance(record, dict):
+            raise ValueError(f"a case record must be an object, got {type(record).__name__}")
+        values: dict[str, Any] = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if name not in record:
+                continue
+            value = record[name]
+            if name == "samples_ms":
+                if not isinstance(value, list) or not all(_finite(v) for v in value):
+                    raise ValueError(f"samples_ms must be a list of finite numbers (case {record.get('case_id')!r})")
+                values[name] = tuple(float(v) for v in value)
+            elif spec.type.startswith("str") and not (isinstance(value, str) or (value is None and "None" in spec.type)):
+                raise ValueError(f"{name} must be text, got {type(value).__name__} (case {record.get('case_id')!r})")
+            elif spec.type.startswith("float") and not (value is None or _finite(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r:.40} (case {record.get('case_id')!r})")
+            else:
+                values[name] = value
         return cls(**values)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,15 @@ def read_baseline(path: Path) -> Results:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CompareError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise CompareError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
         raise CompareError(f"{path}: not a moe-harness baseline (write one with compare RUN --save-baseline FILE)")
     if doc.get("version") != BASELINE_VERSION:
         raise CompareError(f"{path}: baseline format version {doc.get('version')}, this harness reads {BASELINE_VERSION}")
+    for key, kind in (("cases", list), ("fingerprint", dict), ("suite", str)):
+        if key in doc and not (isinstance(doc[key], kind) or (doc[key] is None and key != "cases")):
+            raise CompareError(f"{path}: {key!r} must be a {kind.__name__}, got {type(doc[key]).__name__}")
     try:
         cases = [CaseResult.from_json(record) for record in doc["cases"]]
     except (KeyError, TypeError, ValueError) as exc:

@@ -18,6 +18,7 @@ class Timings:
     seconds: list[float]
     warmup_iterations: int
     timer: str
+    min_time_capped: bool = False  # run.min_time_s was not reached: timing stopped at max_repeats
 
 
 def _settled(times: list[float], window: int = 3, tolerance: float = 0.1) -> bool:
@@ -54,7 +55,8 @@ def time_steps(
     started = time.perf_counter()
     while len(times) < repeats or (time.perf_counter() - started < min_time_s and len(times) < max_repeats):
         times.append(_time_once_cpu(step))
-    return Timings(times, len(warm), "perf_counter")
+    capped = time.perf_counter() - started < min_time_s
+    return Timings(times, len(warm), "perf_counter", capped)
 
 
 def _time_cuda(step, device, warmup, repeats, min_time_s, max_warmup, max_repeats) -> Timings:
@@ -76,7 +78,7 @@ def _time_cuda(step, device, warmup, repeats, min_time_s, max_warmup, max_repeat
     times = run_batch(repeats)
     while sum(times) < min_time_s and len(times) < max_repeats:
         times += run_batch(min(repeats, max_repeats - len(times)))
-    return Timings(times, len(warm), "cuda_event")
+    return Timings(times, len(warm), "cuda_event", sum(times) < min_time_s)
 
 
 def time_pair(
