@@ -6,10 +6,13 @@ than `DIVERGED_RISE` of it: training made the model worse than its random initia
 a run that blows up within its first steps, before a running median exists to measure a spike against.
 
 A spike is a step whose training loss lies more than `SPIKE_DEVIATIONS` robust deviations above the
-median of the `WINDOW` steps before it, and at least `MIN_RISE` nats above that median. The robust
-deviation is the median absolute deviation scaled by 1.4826 (the standard deviation for Gaussian noise),
-so ordinary batch-to-batch noise does not count and one bad step cannot hide behind its own outlier.
-Only rises count: while a run is learning, each loss lies below the median of the steps before it.
+median of the `BASELINE` steps before it, and at least `MIN_RISE` nats above that median. The robust
+deviation is the batch-to-batch noise, estimated from the step-to-step changes of the `WINDOW` steps
+before it (1.4826 x their median absolute deviation / sqrt 2, the standard deviation for Gaussian noise), so
+ordinary noise does not count, one bad step cannot hide behind its own outlier, and the fall of a run
+that still learns fast does not pass for noise (a spread of levels around a 50-step median would: early
+in training it measures the trend, and hid the seed-11 spike in docs/quality.md). Only rises count:
+while a run is learning, each loss lies below the median of the steps before it.
 
 Routing has collapsed when an MoE layer sends (almost) every token to the same k experts: its load CV is
 within `COLLAPSE_FRACTION` of the largest possible, sqrt(E/k - 1), for at least `COLLAPSE_STEPS` steps.
@@ -31,7 +34,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-WINDOW = 50
+WINDOW = 100
+BASELINE = 10
 MIN_HISTORY = 10
 SPIKE_DEVIATIONS = 6.0
 MIN_RISE = 0.1
@@ -58,19 +62,22 @@ class Spike:
 
 
 def spikes(losses: list[float], window: int = WINDOW, threshold: float = SPIKE_DEVIATIONS,
-           min_rise: float = MIN_RISE, min_history: int = MIN_HISTORY) -> list[Spike]:
-    """Every step whose loss is a spike against the finite losses of the `window` steps before it."""
+           min_rise: float = MIN_RISE, min_history: int = MIN_HISTORY, baseline: int = BASELINE) -> list[Spike]:
+    """Every step whose loss is a spike against the finite losses before it: its rise above the median of
+    the last `baseline` of them, in units of the noise of the last `window`."""
     found = []
     for i in range(min_history, len(losses)):
         value = losses[i]
         history = [v for v in losses[max(0, i - window):i] if math.isfinite(v)]
         if not math.isfinite(value) or len(history) < min_history:
             continue
-        median = statistics.median(history)
+        median = statistics.median(history[-baseline:])
         rise = value - median
         if rise < min_rise:
             continue
-        spread = MAD_TO_STD * statistics.median(abs(v - median) for v in history)
+        changes = [b - a for a, b in zip(history, history[1:])]
+        trend = statistics.median(changes)
+        spread = MAD_TO_STD * statistics.median(abs(c - trend) for c in changes) / math.sqrt(2)
         deviations = rise / spread if spread > 0 else math.inf
         if deviations > threshold:
             found.append(Spike(i, value, median, deviations))
