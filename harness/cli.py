@@ -1,4 +1,4 @@
-"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge} ...`.
+"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge,history,export} ...`.
 
 Each command's work lives in its own module; this file only parses arguments and maps
 user-fixable errors (UserError) to one message and exit code 2.
@@ -6,6 +6,7 @@ user-fixable errors (UserError) to one message and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -23,11 +24,21 @@ def _add_suite_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def prog_name(argv0: str | None = None) -> str:
+    """The name the harness was called by: the console script, or `python -m harness`."""
+    name = os.path.basename(argv0 if argv0 is not None else sys.argv[0])
+    return name if name and not name.startswith("__main__") and not name.endswith(".py") else "python -m harness"
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from harness import __version__
+
     parser = argparse.ArgumentParser(
-        prog="python -m harness",
+        prog=prog or prog_name(),
         description="Benchmark Mixture-of-Experts models against FLOP-matched dense baselines.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the harness version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="expand a suite and measure every case")
@@ -38,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some cases failed")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    p.add_argument("--record", metavar="HISTORY",
+                   help="when the run ends, append it to this history (an SQLite file, or a folder/ of files)")
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true", help="print only the final summary")
     verbosity.add_argument("--verbose", action="store_true", help="also print worker logs")
@@ -50,27 +63,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="parameters, FLOPs and memory of each case, without building weights")
     p.add_argument("suite", help="a suite YAML file or a preset name (e.g. mixtral-8x7b)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any suite key, e.g. moe.num_experts=64 (repeatable)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default table)")
 
     p = sub.add_parser("report", help="write report.html for a run (two runs: a comparison)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run folder, or two to compare (before, after)")
     p.add_argument("--out", help="where to write the comparison report (two runs)")
 
     p = sub.add_parser("compare", help="compare a run with a stored baseline; exit 1 on a regression (nightly CI)")
-    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("run", metavar="RUN_DIR", help="the run folder to judge")
     p.add_argument("--baseline", metavar="DIR_OR_FILE", help="a run folder or a file under baselines/")
     p.add_argument("--save-baseline", metavar="FILE", help="instead of comparing, store RUN_DIR as a baseline file (e.g. baselines/nightly-cpu.json)")
     p.add_argument("--threshold", type=float, default=0.10, help="relative slowdown that counts as a regression (default 0.10)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test (default 0.01)")
-    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table",
+                   help="output format (default table; markdown for a CI job summary)")
     p.add_argument("--allow-mismatch", action="store_true", help="compare even when environment fingerprints differ")
 
     p = sub.add_parser("merge", help="combine shard outputs of one suite into one run")
-    p.add_argument("dirs", nargs="+", metavar="DIR")
-    p.add_argument("--out", required=True)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="the shards' run folders")
+    p.add_argument("--out", required=True, help="the merged run folder to write")
     p.add_argument("--allow-partial", action="store_true", help="merge even when shards are missing or unfinished")
+
+    p = sub.add_parser("history", help="record runs into a benchmark history and read it back")
+    hist = p.add_subparsers(dest="history_command", required=True, metavar="ACTION")
+    h = hist.add_parser("add", help="append run folders to a history (append-only; a run already there is skipped)")
+    h.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to record")
+    _add_history_arg(h)
+    h = hist.add_parser("list", help="the recorded runs, oldest first, with machine class and commit")
+    _add_history_arg(h)
+    h.add_argument("--machine", help="only runs of this machine class (the id `history list` prints)")
+    h.add_argument("--suite", help="only runs of this suite")
+    h = hist.add_parser("show", help="one recorded run's rows")
+    h.add_argument("id", help="the run's id (or a prefix of it) from `history list`")
+    _add_history_arg(h)
+
+    p = sub.add_parser("export", help="write a run's results in another tool's format (pytest-benchmark JSON)")
+    p.add_argument("run", metavar="RUN_DIR", help="the run folder to export")
+    p.add_argument("--format", choices=["pytest-benchmark"], default="pytest-benchmark",
+                   help="pytest-benchmark: the --benchmark-json schema, read by pytest-benchmark compare, "
+                        "github-action-benchmark and Bencher")
+    p.add_argument("--out", required=True, help="the file to write")
     return parser
+
+
+def _add_history_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--history", required=True, metavar="HISTORY",
+                   help="the history: an SQLite file (e.g. history.sqlite), or a folder/ with one file per run")
 
 
 MAX_MESSAGE = 2000
@@ -113,6 +153,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.merge import main as merge_main
 
             return merge_main(args)
+        if args.command == "history":
+            from harness.history_command import main as history_main
+
+            return history_main(args)
+        if args.command == "export":
+            from harness.export import main as export_main
+
+            return export_main(args)
     except UserError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2

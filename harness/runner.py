@@ -219,6 +219,8 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
         _write_report(store.root)
     failed = int((frame["status"] != "ok").sum())
     print(f"results: {store.root}/results.csv ({len(frame)} rows, {failed} not ok)")
+    if getattr(args, "record", None):
+        _record(store.root, args.record)
     return 1 if failed and not args.allow_failures else 0
 
 
@@ -235,6 +237,13 @@ def _interleaved_ratio(job: Job, baseline: Case, run_dir: Path, verbose: bool) -
         "throughput_ratio_ci_high": high,
         "throughput_ratio_ci_method": "interleaved",
     }
+
+
+def _record(run_dir: Path, history: str) -> None:
+    from harness.history import record
+
+    entry, new = record(run_dir, history)
+    print(f"history: {'recorded' if new else 'already recorded'} as {entry.short} in {history}")
 
 
 def _write_report(run_dir: Path) -> None:
