@@ -1,4 +1,4 @@
-"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge,history,export} ...`.
+"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge,history,trends,export} ...`.
 
 Each command's work lives in its own module; this file only parses arguments and maps
 user-fixable errors (UserError) to one message and exit code 2.
@@ -80,6 +80,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table",
                    help="output format (default table; markdown for a CI job summary)")
     p.add_argument("--allow-mismatch", action="store_true", help="compare even when environment fingerprints differ")
+    p.add_argument("--history", metavar="HISTORY",
+                   help="compare with the recent runs of the same machine class in this history instead of one "
+                        "baseline, then record the run (an empty history bootstraps: recorded, exit 0)")
+    p.add_argument("--window", type=int, default=10, help="with --history: how many recent runs to compare with (default 10)")
+    p.add_argument("--no-record", action="store_true", help="with --history: do not append the run to the history")
 
     p = sub.add_parser("merge", help="combine shard outputs of one suite into one run")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="the shards' run folders")
@@ -98,6 +103,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     h = hist.add_parser("show", help="one recorded run's rows")
     h.add_argument("id", help="the run's id (or a prefix of it) from `history list`")
     _add_history_arg(h)
+
+    p = sub.add_parser("trends", help="write an HTML page of every configuration over the recorded runs")
+    p.add_argument("history", metavar="HISTORY", help="the history: an SQLite file, or a folder/ with one file per run")
+    p.add_argument("--out", default="reports/trends.html", help="the page to write (default reports/trends.html)")
+    p.add_argument("--window", type=int, default=10, help="runs before each point that it is judged against (default 10)")
+    p.add_argument("--threshold", type=float, default=0.10,
+                   help="relative change worth a verdict: the equivalence margin and the smallest step (default 0.10)")
+    p.add_argument("--machine", help="only this machine class (an id from `history list`)")
+    p.add_argument("--suite", help="only runs of this suite")
 
     p = sub.add_parser("export", help="write a run's results in another tool's format (pytest-benchmark JSON)")
     p.add_argument("run", metavar="RUN_DIR", help="the run folder to export")
@@ -145,6 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.report import main as report_main
 
             return report_main(args)
+        if args.command == "compare" and args.history:
+            from harness.compare.history import main as compare_history
+
+            return compare_history(args)
         if args.command == "compare":
             from harness.compare import main as compare_main
 
@@ -157,6 +175,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.history_command import main as history_main
 
             return history_main(args)
+        if args.command == "trends":
+            from harness.report.trends import main as trends_main
+
+            return trends_main(args)
         if args.command == "export":
             from harness.export import main as export_main
 

@@ -139,3 +139,22 @@ def test_comparison_report_in_chromium(browser, tmp_path):
     _assert_loaded_cleanly(opened, 1)
     assert opened.page.locator("#changes-table tbody tr").count() == 40
     opened.page.close()
+
+
+def test_trends_page_in_chromium(browser, tmp_path):
+    from harness.report.trends import write_trends
+    from tests.history_fixtures import make_history
+
+    make_history(tmp_path / "h.sqlite")
+    opened = Opened(browser, write_trends(tmp_path / "h.sqlite", tmp_path / "trends.html"))
+    _assert_loaded_cleanly(opened, 2)
+    page = opened.page
+    rows = page.locator("#trends-table tbody tr")
+    assert rows.count() == 4  # two configurations x throughput, memory
+    assert page.locator("#trends-table td.worse").count() >= 1  # c1's throughput step
+    header = page.locator("#trends-table thead th", has_text="Runs")
+    header.click()
+    assert header.get_attribute("aria-sort") == "ascending"
+    page.screenshot(path=str(tmp_path / "trends-screenshot.png"), full_page=True)
+    assert opened.errors == []
+    page.close()
