@@ -1,4 +1,4 @@
-"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge,history,trends,export} ...`.
+"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge,history,trends,export,machine} ...`.
 
 Each command's work lives in its own module; this file only parses arguments and maps
 user-fixable errors (UserError) to one message and exit code 2.
@@ -104,6 +104,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     h.add_argument("id", help="the run's id (or a prefix of it) from `history list`")
     _add_history_arg(h)
 
+    p = sub.add_parser("machine", help="this machine's class; check a baseline or history before running a suite")
+    p.add_argument("--baseline", metavar="DIR_OR_FILE", help="exit 2 when this baseline was measured on another machine class")
+    p.add_argument("--history", metavar="HISTORY", help="say how many recorded runs share this machine class")
+    p.add_argument("--suite", help="with --history: count only runs of this suite")
+    p.add_argument("--json", action="store_true", help="also print the machine class and full fingerprint as JSON")
+
     p = sub.add_parser("trends", help="write an HTML page of every configuration over the recorded runs")
     p.add_argument("history", metavar="HISTORY", help="the history: an SQLite file, or a folder/ with one file per run")
     p.add_argument("--out", default="reports/trends.html", help="the page to write (default reports/trends.html)")
@@ -175,6 +181,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.history_command import main as history_main
 
             return history_main(args)
+        if args.command == "machine":
+            from harness.machine import main as machine_main
+
+            return machine_main(args)
         if args.command == "trends":
             from harness.report.trends import main as trends_main
 
