@@ -86,6 +86,8 @@ class RunStore:
             )
         except json.JSONDecodeError as exc:
             problem = "it is empty" if not text.strip() else f"it is not valid JSON ({exc.msg} at line {exc.lineno})"
+        except RecursionError:
+            problem = "it is nested too deeply to be a run.json"
         if problem:
             raise RunFolderError(
                 f"{self.meta_path}: {problem}; rebuild it from the suite file the run was started with "

@@ -72,10 +72,12 @@ def test_damaged_table_without_a_journal_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "results.parquet: unreadable" in err
 
 
-@pytest.mark.parametrize("meta", ["[]", '"text"', "{", "[" * 5000])
+@pytest.mark.parametrize("meta", ["[]", '"text"', "{", "[" * 5000, '{"suite": {"name": "x"}, "fingerprint": {}, "format_version": 99}'])
 def test_run_json_of_the_wrong_shape_is_one_line(tmp_path, capsys, meta):
     run = _run_folder(tmp_path / "run")
     (run / "run.json").write_text(meta)
-    assert main(["compare", str(run), "--baseline", str(REFERENCE)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "run.json" in err
+    for command in (["compare", str(run), "--baseline", str(REFERENCE)], ["merge", str(run), "--out", str(tmp_path / "m")],
+                    ["run", "--resume", str(run), "--no-report"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "run.json" in err and "Traceback" not in err, command

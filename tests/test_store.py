@@ -91,7 +91,7 @@ def test_damaged_run_json_names_the_command_that_rebuilds_it(tmp_path):
     assert store.read_meta().suite == {"name": "x"}
     full = store.meta_path.read_text()
     for text, problem in [("", "it is empty"), (full[: len(full) // 2], "not valid JSON"), ("[]", "lacks the suite"),
-                          ('{"suite": {}}', "lacks the suite")]:
+                          ('{"suite": {}}', "lacks the suite"), ("[" * 5000, "nested too deeply")]:
         store.meta_path.write_text(text)
         with pytest.raises(RunFolderError) as info:
             store.read_meta()
