@@ -1,4 +1,4 @@
-"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge,history,trends,export,machine} ...`.
+"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge,ab,history,trends,export,machine} ...`.
 
 Each command's work lives in its own module; this file only parses arguments and maps
 user-fixable errors (UserError) to one message and exit code 2.
@@ -104,6 +104,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     h.add_argument("id", help="the run's id (or a prefix of it) from `history list`")
     _add_history_arg(h)
 
+    p = sub.add_parser("ab", help="measure two settings or two commits of a suite interleaved in one job, then compare B with A")
+    _add_suite_args(p)
+    p.add_argument("--a", nargs="+", default=[], metavar="KEY=VALUE", help="side A's suite overrides, e.g. run.threads=1")
+    p.add_argument("--b", nargs="+", default=[], metavar="KEY=VALUE", help="side B's suite overrides, e.g. run.threads=2")
+    p.add_argument("--base-ref", metavar="REF", help="side A is this git commit (checked out into OUT/src-A)")
+    p.add_argument("--head-ref", metavar="REF", help="side B is this git commit (checked out into OUT/src-B)")
+    p.add_argument("--out", help="output folder holding A/, B/ and compare.md (default reports/ab-<suite>-<timestamp>)")
+    p.add_argument("--threshold", type=float, default=0.10, help="relative change that counts (default 0.10)")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test (default 0.01)")
+    p.add_argument("--quiet", action="store_true", help="print only the comparison")
+
     p = sub.add_parser("machine", help="this machine's class; check a baseline or history before running a suite")
     p.add_argument("--baseline", metavar="DIR_OR_FILE", help="exit 2 when this baseline was measured on another machine class")
     p.add_argument("--history", metavar="HISTORY", help="say how many recorded runs share this machine class")
@@ -181,6 +192,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.history_command import main as history_main
 
             return history_main(args)
+        if args.command == "ab":
+            from harness.ab import main as ab_main
+
+            return ab_main(args)
         if args.command == "machine":
             from harness.machine import main as machine_main
 

@@ -81,8 +81,12 @@ def run_job(
     echo_logs: bool = False,
     context: Calibration | None = None,
     pair_with: Case | None = None,
+    code: Path | None = None,
 ) -> WorkerResult:
     """Run one worker; always returns a result with a status, whatever happened to the worker.
+
+    With `code`, the worker imports `harness` from that source tree (another commit's worktree, for
+    `ab --base-ref/--head-ref`) instead of this one.
 
     With `pair_with`, the worker times the two cases interleaved and returns both sides' samples.
     """
@@ -97,7 +101,10 @@ def run_job(
         cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
         memory_before = oom.read_counters()
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env = None
+            if code is not None:
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(code), os.environ.get("PYTHONPATH"))))}
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
             try:
                 returncode = proc.wait(timeout=job.case.run.timeout_s)
             except subprocess.TimeoutExpired:

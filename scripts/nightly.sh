@@ -19,6 +19,11 @@
 #   within-run test sees), ALPHA (baseline mode, default 0.01), WINDOW (history mode, default 10),
 #   PYTHON (default python).
 set -uo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -uo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "usage: scripts/nightly.sh (settings come from the environment; --help)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 SUITE=${SUITE:-suites/nightly.yaml}
 OUT=${OUT:-reports/nightly-$(date -u +%Y%m%d-%H%M%S)}

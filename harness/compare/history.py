@@ -188,8 +188,8 @@ def render_history(c: HistoryComparison, fmt: str) -> str:
                           "reason": j.verdict.reason, "note": _note(j)} for j in c.judgements],
         }, indent=2, allow_nan=False, default=str) + "\n"
     headers = ["case", "workload", "metric", "now", "window", "change", "interval", "verdict", "why"]
-    rows = [[f"{j.key[0]} {j.label}".strip(), j.key[1], j.metric.name, _fmt(j.value),
-             _fmt(j.interval.location if j.interval else None),
+    rows = [[f"{j.key[0]} {j.label}".strip(), j.key[1], j.metric.name, _fmt(j.value, j.metric.name),
+             _fmt(j.interval.location if j.interval else None, j.metric.name),
              f"{j.interval.ratio - 1:+.1%}" if j.interval else "-",
              f"[{j.interval.low:.2f}, {j.interval.high:.2f}]" if j.interval else "-", j.verdict.verdict,
              "; ".join(filter(None, (j.verdict.reason, _note(j))))] for j in c.judgements]
@@ -224,9 +224,11 @@ def _note(j: Judgement) -> str:
     return f"window restarted at a level step of {j.level.change:+.0%}"
 
 
-def _fmt(v: float | None) -> str:
+def _fmt(v: float | None, metric: str = "") -> str:
     if v is None:
         return "-"
+    if metric == "peak_memory_bytes":
+        return f"{v / 2**20:.1f} MiB"
     size = abs(v)
     return f"{v:,.0f}" if size >= 1000 else f"{v:.1f}" if size >= 100 else f"{v:.2f}" if size >= 1 else f"{v:.3g}"
 
