@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness.analysis import RunError
 from harness.compare.decide import Comparison, compare
+from harness.compare.matching import rekeyed_on_configuration
 from harness.compare.records import CompareError, Results
 from harness.compare.reference import load_results, save_baseline
 from harness.compare.render import render
@@ -34,9 +35,8 @@ def run_comparison(args: argparse.Namespace) -> Comparison:
     if mismatch and not args.allow_mismatch:
         raise CompareError("environments differ: " + "; ".join(mismatch)
                            + ". Measure the baseline on this machine, or pass --allow-mismatch")
-    if not baseline.cases.keys() & current.cases.keys():
-        raise CompareError(f"no (case, workload) of the baseline (suite {baseline.suite}) is in the run "
-                           f"(suite {current.suite}): wrong baseline?")
+    if not baseline.cases.keys() & current.cases.keys():  # e.g. runs that differ in a run.* setting
+        current = rekeyed_on_configuration(baseline, current)
     findings = compare(baseline, current, args.threshold, args.alpha)
     return Comparison(baseline, current, args.threshold, args.alpha, findings, mismatch if args.allow_mismatch else [])
 

@@ -94,11 +94,15 @@ def write_comparison(run_a: str | Path, run_b: str | Path, out_dir: Optional[str
 
     run_a, run_b = Path(run_a), Path(run_b)
     out_dir = Path(out_dir) if out_dir else run_b / f"compare-{run_a.resolve().name}"
+    from harness.compare.matching import rekeyed_frame, settings_diff
+
     a, b = load(run_a), load(run_b)
     info_a, info_b = load_run_info(run_a), load_run_info(run_b)
+    b = rekeyed_frame(a, b)  # runs that differ in a run.* setting share no case id: match on configuration
     context = {
         **_context_common(f"{run_b.name} vs {run_a.name}: moe-harness comparison"),
         **comparison.context(a, b, info_a, info_b, run_a, run_b),
+        "compared_settings": settings_diff(info_a.suite, info_b.suite),
     }
     context["plots"] = html.save_plots(comparison.plots(a, b), out_dir / "plots")
     out_dir.mkdir(parents=True, exist_ok=True)
