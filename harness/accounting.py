@@ -12,11 +12,10 @@ Conventions (docs/accounting.md explains them for users):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
 
-from harness.config import ModelConfig, MoEConfig
+from harness.config import GATED, ModelConfig, MoEConfig
 
 BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
 TRAIN_TO_FORWARD = 3.0
@@ -38,15 +37,24 @@ class ParamCounts:
     experts_active: int
     shared: int
     lm_head: int
+    dense_residual: int = 0
 
     @property
     def total(self) -> int:
         return (self.embedding + self.positional + self.attention + self.norms + self.dense_ffn
-                + self.router + self.experts + self.shared + self.lm_head)
+                + self.router + self.experts + self.shared + self.lm_head + self.dense_residual)
 
     @property
     def active(self) -> int:
         return self.total - self.experts + self.experts_active
+
+    @property
+    def active_non_embedding(self) -> int:
+        """Active parameters without the input lookups (token embedding, learned positions): DeepSeek's
+        convention. The LM head stays in, as a matmul every token runs; a tied embedding counts once, as
+        the head."""
+        lookup = self.embedding if self.lm_head else 0
+        return self.active - lookup - self.positional
 
     @property
     def non_embedding(self) -> int:
@@ -64,6 +72,7 @@ class FlopBreakdown:
     shared_experts: float
     dense_ffn: float
     lm_head: float
+    dense_residual: float = 0.0
 
     @property
     def total(self) -> float:
@@ -71,7 +80,7 @@ class FlopBreakdown:
 
 
 def _ffn_matrices(model: ModelConfig) -> int:
-    return 3 if model.activation == "swiglu" else 2
+    return 3 if GATED[model.activation] else 2
 
 
 def _ffn_params(model: ModelConfig, width: int) -> int:
@@ -83,8 +92,44 @@ def _norm_params(model: ModelConfig) -> int:
 
 
 def _attention_params(model: ModelConfig) -> int:
-    d, q, kv = model.d_model, model.n_heads * model.head_size, model.kv_heads * model.head_size
+    """Matmul weights of one attention layer.
+
+    gqa: q `d x H*hd`, k and v `d x KV*hd`, o `H*hd x d`.
+    mla: queries `d x H*(hd+r)` (or through a latent: `d x q_lora` then `q_lora x H*(hd+r)`), the joint
+    down-projection `d x (kv_lora + r)` (the latent and the shared rotary key), the up-projection
+    `kv_lora x H*2hd` (per-head keys and values) and o `H*hd x d`; r = rope_head_dim.
+    """
+    d, h, hd = model.d_model, model.n_heads, model.head_size
+    if model.attention == "mla":
+        r, c, cq = model.rope_head_dim, model.kv_lora_rank, model.q_lora_rank
+        q = d * h * (hd + r) if cq is None else d * cq + cq * h * (hd + r)
+        return q + d * (c + r) + c * h * 2 * hd + h * hd * d
+    q, kv = h * hd, model.kv_heads * hd
     return d * q + 2 * d * kv + q * d
+
+
+def _latent_norm_params(model: ModelConfig) -> int:
+    """mla: the RMSNorm weights on its key-value (and query) latents."""
+    return model.kv_lora_rank + (model.q_lora_rank or 0) if model.attention == "mla" else 0
+
+
+def _score_flops(model: ModelConfig, ctx: int) -> float:
+    """q.k over `ctx` keys and the weighted sum of values, per token and layer (full matrix, no causal credit)."""
+    qk = model.head_size + (model.rope_head_dim if model.attention == "mla" else 0)
+    return 2.0 * ctx * model.n_heads * (qk + model.head_size)
+
+
+def _moe_ffn_params(model: ModelConfig, moe: MoEConfig) -> dict[str, int]:
+    """One MoE layer's parameters by component (`norms`: the dense residual's own norm)."""
+    residual = moe.dense_residual
+    return {
+        "router": _router_params(model, moe),
+        "experts": moe.experts * _ffn_params(model, moe.expert_width(model)),
+        "shared": moe.num_shared_experts * _ffn_params(model, moe.shared_width(model))
+        + (model.d_model if moe.shared_gate and moe.num_shared_experts else 0),
+        "dense_residual": _ffn_params(model, residual) if residual else 0,
+        "norms": _norm_params(model) if residual else 0,
+    }
 
 
 def _moe_layers(model: ModelConfig, moe: Optional[MoEConfig]) -> int:
@@ -94,9 +139,10 @@ def _moe_layers(model: ModelConfig, moe: Optional[MoEConfig]) -> int:
 
 
 def routed_per_token(moe: MoEConfig) -> float:
-    """Expert evaluations per token: top_k for token-choice routers, capacity-based for expert choice."""
+    """Expert evaluations per token: top_k for token-choice routers; for expert choice each expert takes
+    cf x k x T / E tokens, but never more than all T (the router clamps), so at most every expert."""
     if moe.router == "expert_choice":
-        return moe.k * (moe.capacity_factor if moe.capacity_factor is not None else 1.0)
+        return min(float(moe.experts), moe.k * (moe.capacity_factor if moe.capacity_factor is not None else 1.0))
     return float(moe.k)
 
 
@@ -114,26 +160,33 @@ def _router_flops(model: ModelConfig, moe: MoEConfig, training: bool) -> float:
 def param_counts(model: ModelConfig, moe: Optional[MoEConfig] = None) -> ParamCounts:
     n_moe = _moe_layers(model, moe)
     n_dense = model.n_layers - n_moe
-    experts = experts_active = shared = router = 0
+    layer = {"router": 0, "experts": 0, "shared": 0, "dense_residual": 0, "norms": 0}
+    experts_active = 0
     if moe is not None and n_moe:
-        expert = _ffn_params(model, moe.expert_width(model))
-        experts = n_moe * moe.experts * expert
-        experts_active = round(n_moe * routed_per_token(moe) * expert)
-        shared = n_moe * (moe.num_shared_experts * _ffn_params(model, moe.shared_width(model))
-                          + (model.d_model if moe.shared_gate and moe.num_shared_experts else 0))
-        router = n_moe * _router_params(model, moe)
+        layer = _moe_ffn_params(model, moe)
+        experts_active = round(n_moe * routed_per_token(moe) * _ffn_params(model, moe.expert_width(model)))
     return ParamCounts(
         embedding=model.vocab_size * model.d_model,
         positional=model.seq_len * model.d_model if model.positional == "learned" else 0,
         attention=model.n_layers * _attention_params(model),
-        norms=(2 * model.n_layers + 1) * _norm_params(model),
+        norms=(2 * model.n_layers + 1) * _norm_params(model) + model.n_layers * _latent_norm_params(model)
+        + n_moe * layer["norms"],
         dense_ffn=n_dense * _ffn_params(model, model.d_ff),
-        router=router,
-        experts=experts,
+        router=n_moe * layer["router"],
+        experts=n_moe * layer["experts"],
         experts_active=experts_active,
-        shared=shared,
+        shared=n_moe * layer["shared"],
         lm_head=0 if model.tie_embeddings else model.vocab_size * model.d_model,
+        dense_residual=n_moe * layer["dense_residual"],
     )
+
+
+def block_params(model: ModelConfig, moe: Optional[MoEConfig], layer: int) -> int:
+    """Parameters of transformer block `layer`: its attention, norms and dense or MoE FFN."""
+    own = _attention_params(model) + 2 * _norm_params(model) + _latent_norm_params(model)
+    if moe is None or not moe.is_moe_layer(layer):
+        return own + _ffn_params(model, model.d_ff)
+    return own + sum(_moe_ffn_params(model, moe).values())
 
 
 def forward_flops(
@@ -146,21 +199,22 @@ def forward_flops(
     ctx = seq_len or model.seq_len
     n_moe = _moe_layers(model, moe)
     n_dense = model.n_layers - n_moe
-    attn_dim = model.n_heads * model.head_size
-    router = routed = shared = 0.0
+    router = routed = shared = residual = 0.0
     if moe is not None and n_moe:
+        layer = _moe_ffn_params(model, moe)
         router = n_moe * _router_flops(model, moe, training)
         routed = n_moe * routed_per_token(moe) * 2.0 * _ffn_params(model, moe.expert_width(model))
-        shared = n_moe * 2.0 * (moe.num_shared_experts * _ffn_params(model, moe.shared_width(model))
-                                + (model.d_model if moe.shared_gate and moe.num_shared_experts else 0))
+        shared = n_moe * 2.0 * layer["shared"]
+        residual = n_moe * 2.0 * layer["dense_residual"]
     return FlopBreakdown(
         attn_proj=model.n_layers * 2.0 * _attention_params(model),
-        attn_scores=model.n_layers * 4.0 * ctx * attn_dim,
+        attn_scores=model.n_layers * _score_flops(model, ctx),
         router=router,
         routed_experts=routed,
         shared_experts=shared,
         dense_ffn=n_dense * 2.0 * _ffn_params(model, model.d_ff),
         lm_head=2.0 * model.vocab_size * model.d_model,
+        dense_residual=residual,
     )
 
 
@@ -217,6 +271,7 @@ def summary(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
     return {
         "params_total": params.total,
         "params_active": params.active,
+        "params_active_non_embedding": params.active_non_embedding,
         "flops_per_token": flops,
         "train_flops_per_token": train_flops_per_token(model, moe),
     }
@@ -234,76 +289,6 @@ def step_flops_per_token(
     if training:
         return train_flops_per_token(model, moe)
     return forward_flops(model, moe, seq_len=seq_len).total
-
-
-def activation_elements_per_token(model: ModelConfig, moe: Optional[MoEConfig]) -> float:
-    """Elements the harness's models save for backward, per token (eager PyTorch, no recomputation).
-
-    Per block: the residual input, statistics and output of both norms; q, k and v (k and v after
-    repeating the kv heads, as our attention does) and the attention output and log-sum-exp (fused
-    SDPA, so no seq_len^2 score matrix); the FFN hidden tensors (GELU: pre- and post-activation;
-    SwiGLU: gate and up, silu(gate), product). An MoE layer instead saves the router's logits and
-    probabilities and, per routed assignment, its hidden tensors and (loop and padded, not grouped, which
-    fuses gather and scatter into its GEMMs) the gathered token, the expert output and its weighted
-    copy (capacity-padded rows too for the `padded` impl), plus the shared experts' hidden tensors. Finally the last norm and the log-softmax of the logits.
-    """
-    d, hd, h = model.d_model, model.head_size, model.n_heads
-    hidden = 4 if model.activation == "swiglu" else 2
-    norm = 2 * d + 2 if model.norm == "layernorm" else 3 * d + 1  # RMSNorm also keeps x * rstd
-    per_block = 2 * norm + 4 * h * hd + h
-    total = 0.0
-    for layer in range(model.n_layers):
-        total += per_block
-        if moe is not None and moe.is_moe_layer(layer):
-            rows = routed_per_token(moe)
-            if moe.impl == "padded" and moe.capacity_factor is not None and moe.router != "expert_choice":
-                rows = max(rows, moe.k * moe.capacity_factor)
-            # grouped fuses the token gather and the weighted scatter into its expert GEMMs, so per
-            # routed row it keeps only the hidden tensors (plus index and weight), not 3 d-wide copies
-            copies = 0 if moe.impl == "grouped" else 3 * d
-            total += 3 * moe.experts + 3 * moe.k + rows * (copies + hidden * moe.expert_width(model) + 2)
-            total += moe.num_shared_experts * hidden * moe.shared_width(model)
-        else:
-            total += hidden * model.d_ff
-    return total + norm + model.vocab_size
-
-
-def memory_estimate(
-    model: ModelConfig,
-    moe: Optional[MoEConfig],
-    batch_size: int,
-    seq_len: Optional[int] = None,
-    dtype: str = "float32",
-    workload: str = "train_step",
-) -> dict:
-    """Bytes needed to train (weights, gradients, AdamW state, activations) or to serve (weights, KV cache).
-
-    Assumes parameters, gradients and both AdamW moments are stored in `dtype` (plain torch AdamW),
-    no activation recomputation, no sharding. A first-order estimate: allocator fragmentation, workspace
-    buffers and capacity padding are not included.
-    """
-    if dtype not in BYTES_PER_ELEMENT:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(BYTES_PER_ELEMENT)}")
-    width = BYTES_PER_ELEMENT[dtype]
-    seq = seq_len or model.seq_len
-    tokens = batch_size * seq
-    weights = param_counts(model, moe).total * width
-    if workload in ("train_step", "train", "training"):
-        out = {
-            "weights": weights,
-            "grads": weights,
-            "optimizer": 2 * weights,
-            "activations": math.ceil(tokens * activation_elements_per_token(model, moe)) * width,
-        }
-    elif workload in ("forward", "decode", "inference"):
-        out = {
-            "weights": weights,
-            "kv_cache": 2 * model.n_layers * model.kv_heads * model.head_size * tokens * width,
-        }
-    else:
-        raise ValueError(f"unknown workload {workload!r}; expected train_step, forward or decode")
-    out["total"] = sum(out.values())
-    return out
 
 
 def param_breakdown(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
@@ -341,13 +326,13 @@ def all_to_all_bytes_per_token(model: ModelConfig, moe: Optional[MoEConfig], ep_
 
 
 def parallel_footprint(model: ModelConfig, moe: Optional[MoEConfig], batch_size: int, world_size: int,
-                       ep_size: int, dtype: str = "float32", workload: str = "train_step") -> dict:
+                       ep_size: int, dtype: str = "float32", workload: str = "train_step",
+                       device: str = "cuda") -> dict:
     """Per-rank parameters, memory and communication of one step, with `batch_size` the global batch
     split evenly over `world_size` ranks and the experts over `ep_size`.
 
-    Memory: `memory_estimate` for this rank's share of the batch, with weights, gradients and AdamW
-    state of this rank's parameters only, plus, per routed assignment, the received row and the
-    returned row that the expert-parallel exchange keeps for backward (training, ep > 1).
+    Memory: `harness.memory_model.memory_estimate` for this rank's share of the batch and its 1/ep of
+    the experts (in training it also keeps the rows the expert-parallel exchange sent and received).
     Gradient sync: the gradient bytes each rank all-reduces per step (replicated parameters, and
     experts when more than one rank holds each); a ring all-reduce sends 2(n-1)/n of that.
     """
@@ -357,16 +342,10 @@ def parallel_footprint(model: ModelConfig, moe: Optional[MoEConfig], batch_size:
         raise ValueError(f"the global batch ({batch_size}) must be divisible by the world size ({world_size})")
     local_batch = batch_size // world_size
     tokens = local_batch * model.seq_len
+    from harness.memory_model import memory_estimate  # it builds on this module's counts
+
     per_rank = params_per_rank(model, moe, ep_size)
-    memory = memory_estimate(model, moe, local_batch, model.seq_len, dtype, workload)
-    memory["weights"] = per_rank * width
-    if training:
-        memory["grads"] = per_rank * width
-        memory["optimizer"] = 2 * per_rank * width
-        if moe is not None and ep_size > 1:
-            rows = tokens * routed_per_token(moe) * moe_layer_count(model, moe)
-            memory["activations"] += math.ceil(rows * 2 * model.d_model) * width
-    memory["total"] = sum(v for k, v in memory.items() if k != "total")
+    memory = memory_estimate(model, moe, local_batch, model.seq_len, dtype, workload, device, ep_size)
     counts = param_counts(model, moe)
     dp_size = world_size // ep_size
     synced = 0

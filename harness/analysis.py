@@ -189,14 +189,14 @@ def load_steps(run_dir: str | Path) -> pd.DataFrame | None:
 DENSE_COLUMNS = [
     "case_id", "status", "error", "d_ff", "params_total", "params_active", "flops_per_token",
     "train_flops_per_token", "tokens_per_s", "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high",
-    "noisy", "peak_memory_bytes", "energy_j_per_token", "energy_source", "achieved_tflops", "val_loss",
-    "unstable", "unstable_reason",
+    "noisy", "peak_memory_bytes", "peak_memory_net_bytes", "energy_j_per_token", "energy_source", "achieved_tflops",
+    "val_loss", "unstable", "unstable_reason",
 ]
 
 RATIOS = {
     "throughput_ratio": "tokens_per_s",
     "latency_ratio": "latency_ms_median",
-    "memory_ratio": "peak_memory_bytes",
+    "memory_ratio": "peak_memory_net_bytes",
     "energy_per_token_ratio": "energy_j_per_token",
     "quality_ratio": "val_loss",
 }

@@ -11,11 +11,14 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
-Activation = Literal["gelu", "swiglu"]
+Activation = Literal["gelu", "swiglu", "geglu"]
+Attention = Literal["gqa", "mla"]
+GATED = {"gelu": False, "swiglu": True, "geglu": True}  # gated activations fuse gate and up: 3 matrices
 Norm = Literal["layernorm", "rmsnorm"]
 Positional = Literal["learned", "rope", "none"]
 Router = Literal["topk_softmax", "switch", "noisy_topk", "expert_choice", "sigmoid_bias"]
 BUILTIN_IMPLS = ("loop", "grouped", "padded")
+LossReduction = Literal["sum", "mean"]
 RoutingMode = Literal["learned", "balanced", "skewed"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -63,7 +66,7 @@ class ModelConfig(_Frozen):
     head_dim: Optional[PositiveInt] = Field(default=None, description="per-head width (default: d_model / n_heads)")
     d_ff: PositiveInt = Field(default=256, description="dense FFN width, and the default expert width")
     seq_len: PositiveInt = Field(default=64, description="tokens per sequence")
-    activation: Activation = Field(default="gelu", description="gelu MLP or swiglu gated MLP")
+    activation: Activation = Field(default="gelu", description="gelu MLP, or a gated MLP: swiglu (silu gate) or geglu (gelu gate, Grok-1)")
     norm: Norm = Field(default="layernorm", description="layernorm or rmsnorm (pre-norm blocks)")
     tie_embeddings: bool = Field(default=True, description="share the token embedding with the LM head")
     positional: Positional = Field(
@@ -80,6 +83,10 @@ class ModelConfig(_Frozen):
     path: Optional[str] = Field(
         default=None, description="source hf: local checkpoint directory (real weights); its config.json fixes the shapes"
     )
+    attention: Attention = Field(default="gqa", description="gqa (multi-head, grouped-query with n_kv_heads) or mla (DeepSeek-V2 multi-head latent attention: keys and values from a kv_lora_rank latent, a shared rope_head_dim rotary key)")
+    kv_lora_rank: PositiveInt = Field(default=512, description="mla: width of the compressed key-value latent")
+    q_lora_rank: Optional[PositiveInt] = Field(default=None, description="mla: width of the compressed query latent (null: queries projected directly, as DeepSeek-V2-Lite)")
+    rope_head_dim: PositiveInt = Field(default=64, description="mla: per-head query and shared key dimensions that carry rotary positions (added to head_dim for q.k)")
 
     @property
     def kv_heads(self) -> int:
@@ -100,6 +107,10 @@ class ModelConfig(_Frozen):
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
         if self.positional == "rope" and self.head_size % 2:
             raise ValueError(f"positional: rope needs an even head size, got {self.head_size}")
+        if self.attention == "mla" and self.n_kv_heads not in (None, self.n_heads):
+            raise ValueError("attention: mla has its own key and value per head; leave n_kv_heads unset")
+        if self.attention == "mla" and self.positional == "rope" and self.rope_head_dim % 2:
+            raise ValueError(f"attention: mla with positional: rope needs an even rope_head_dim, got {self.rope_head_dim}")
         return self
 
     @model_validator(mode="after")
@@ -109,6 +120,20 @@ class ModelConfig(_Frozen):
         if self.source == "hf" and self.config is None and self.path is None:
             raise ValueError("source hf needs config (a family: mixtral, qwen2_moe, qwen3_moe, olmoe) or path (a checkpoint)")
         return self
+
+
+ROUTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Switch Transformer: alpha = 0.01, p_i E_i(x); MegaBlocks: top-k weights not renormalised
+    "topk_softmax": {"renormalize": False, "aux_loss_coef": 0.01, "importance_loss_coef": 0.0},
+    "switch": {"renormalize": False, "aux_loss_coef": 0.01, "importance_loss_coef": 0.0},
+    # Shazeer et al. 2017: importance and load losses, w_importance = w_load = 0.1, no Switch loss
+    "noisy_topk": {"renormalize": False, "aux_loss_coef": 0.0, "importance_loss_coef": 0.1},
+    # Zhou et al. 2022: balanced by construction, no auxiliary loss
+    "expert_choice": {"renormalize": False, "aux_loss_coef": 0.0, "importance_loss_coef": 0.0},
+    # DeepSeek-V3: normalised sigmoid gates, balance by the selection bias instead of an auxiliary loss
+    "sigmoid_bias": {"renormalize": True, "aux_loss_coef": 0.0, "importance_loss_coef": 0.0},
+}
+"""The published defaults of each router's null settings (docs/models.md, "Routers")."""
 
 
 class MoEConfig(_Frozen):
@@ -123,11 +148,13 @@ class MoEConfig(_Frozen):
     every: PositiveInt = Field(default=1, description="MoE on every n-th layer (1 = all layers)")
     first_dense: int = Field(default=0, ge=0, description="number of leading layers kept dense")
     router: Router = Field(default="topk_softmax", description="topk_softmax, switch (top-1), noisy_topk (Shazeer 2017), expert_choice (Zhou 2022; not causal), sigmoid_bias (DeepSeek-V3 aux-loss-free)")
-    renormalize: bool = Field(default=False, description="renormalise the top-k weights to sum to 1")
-    impl: str = Field(default="loop", description="loop (per-expert reference), grouped (sorted tokens, grouped matmul), padded ([experts, capacity, d] batched matmul), or 'package.module:function' (checked against loop before timing)")
-    aux_loss_coef: float = Field(default=0.01, ge=0, description="Switch load-balancing loss coefficient")
+    renormalize: Optional[bool] = Field(default=None, description="renormalise the top-k weights to sum to 1; null: the router's published default (sigmoid_bias: true, as DeepSeek-V3; the others: false; never at top-1, where it would make every weight 1)")
+    impl: str = Field(default="grouped", description="grouped (sorted tokens, grouped matmul; the fast default), loop (per-expert reference for correctness: its training step selects each expert's weights through autograd, which zero-fills a full gradient per expert), padded ([experts, capacity, d] batched matmul), or 'package.module:function' (checked against loop before timing)")
+    aux_loss_coef: Optional[float] = Field(default=None, ge=0, description="Switch load-balancing loss coefficient (the loss is 1 at perfect balance); null: the router's published default (0.01 for topk_softmax and switch; 0 for noisy_topk, expert_choice and sigmoid_bias)")
     z_loss_coef: float = Field(default=0.0, ge=0, description="ST-MoE router z-loss coefficient")
-    importance_loss_coef: float = Field(default=0.0, ge=0, description="Shazeer importance + load CV^2 coefficient")
+    importance_loss_coef: Optional[float] = Field(default=None, ge=0, description="Shazeer importance + load CV^2 coefficient; null: the router's published default (0.1 for noisy_topk, else 0)")
+    dense_residual: Optional[PositiveInt] = Field(default=None, description="width of a dense MLP that runs beside each MoE layer (Snowflake Arctic's residual MoE): the block returns h + mlp(norm(h)) + moe(norm(x)) with h = x + attn(norm(x)); null: none")
+    loss_reduction: LossReduction = Field(default="sum", description="how the MoE layers' auxiliary and z losses combine: sum (Switch, GShard, Megatron) or mean over the MoE layers (MegaBlocks, OLMoE)")
     jitter_eps: float = Field(default=0.0, ge=0, description="multiplicative router-input jitter U(1-eps, 1+eps), training only")
     router_init_std: Optional[float] = Field(
         default=None, ge=0, description="router weights ~ N(0, std); null: uniform(+-1/sqrt(d_model)), torch's nn.Linear default"
@@ -159,7 +186,22 @@ class MoEConfig(_Frozen):
             raise ValueError(f"router: switch is top-1; got top_k x granularity = {self.k}")
         if self.router == "expert_choice" and self.routing_mode != "learned":
             raise ValueError("router: expert_choice is balanced by construction; routing_mode must be 'learned'")
+        if self.renormalize and self.k == 1 and self.router in ("topk_softmax", "switch", "sigmoid_bias"):
+            raise ValueError(
+                "renormalize: true with one expert per token (top_k x granularity = 1) makes every gate weight 1, "
+                "so the router gets no gradient; set moe.renormalize: false (the Switch form y = p_i E_i(x)), "
+                "or zip it with moe.top_k in a sweep"
+            )
         return self
+
+    def setting(self, name: str) -> Any:
+        """A router-dependent setting: its value, or when null the router's published default."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        if name == "renormalize" and self.k == 1:
+            return False
+        return ROUTER_DEFAULTS[self.router][name]
 
     @property
     def experts(self) -> int:
@@ -247,13 +289,17 @@ class ParallelConfig(_Frozen):
 
 ADDED_LATER: dict[str, tuple[str, ...]] = {
     "parallel": (),  # the whole section, when single-process
-    "model": ("source", "config", "path"),
+    "model": ("source", "config", "path", "attention", "kv_lora_rank", "q_lora_rank", "rope_head_dim"),
     "run": ("hf_experts_implementation", "compile", "eval_every", "grad_clip"),
-    "moe": ("router_init_std",),
+    "moe": ("router_init_std", "dense_residual", "loss_reduction"),
 }
 """Settings added after case ids were first stored: `Case.id` leaves each out while it is at its default
 (a section with no names: the whole section at its defaults), so results and baselines stored before it
 existed keep matching. A new setting whose default keeps today's behaviour is added here."""
+
+ROUTER_DEPENDENT = ("renormalize", "aux_loss_coef", "importance_loss_coef")
+"""MoE settings whose null means the router's published default: `Case.id` hashes the value in effect, so
+a null and the same value written out are one case (and ids stored when these were plain numbers hold)."""
 
 
 class Case(_Frozen):
@@ -300,6 +346,8 @@ class Case(_Frozen):
         """Hash of the config. Settings added after ids were first stored (`ADDED_LATER`) are left out while
         at their defaults, so a case that does not use them keeps the id it always had."""
         data = self.model_dump(mode="json")
+        if self.moe is not None:
+            data["moe"].update({name: self.moe.setting(name) for name in ROUTER_DEPENDENT})
         for section, names in ADDED_LATER.items():
             part = getattr(self, section)
             if part is None:

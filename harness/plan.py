@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from harness import accounting, presets
+from harness import accounting, memory_model, presets
 from harness.config import Case, ModelConfig, MoEConfig, ParallelConfig, RunSettings
 from harness.suite import SuiteError, apply_override, format_validation_error, load_suite
 
@@ -25,7 +25,7 @@ COLUMNS = [
     "case_id", "name", "kind", "baseline", "matched_to", "match_error",
     "experts", "top_k", "d_ff", "d_expert",
     "params_total", "params_active", "gflops_per_token", "train_gflops_per_token",
-    "batch_size", "seq_len", "dtype", "train_memory_gib", "inference_memory_gib",
+    "batch_size", "seq_len", "dtype", "train_memory_gib", "inference_memory_gib", "decode_memory_gib",
     "world_size", "ep_size", "dp_size", "params_per_rank", "train_memory_per_rank_gib", "inference_memory_per_rank_gib",
     "all_to_all_bytes_per_token_layer", "all_to_all_bytes_per_rank_step", "grad_sync_bytes_per_rank_step",
 ]
@@ -34,8 +34,9 @@ COLUMNS = [
 def _row(case: Case, name: str, matched_to: Optional[Case] = None) -> dict[str, Any]:
     model, moe, run = case.model, case.moe, case.run
     summary = accounting.summary(model, moe)
-    train = accounting.memory_estimate(model, moe, run.batch_size, model.seq_len, run.dtype, "train_step")
-    infer = accounting.memory_estimate(model, moe, run.batch_size, model.seq_len, run.dtype, "forward")
+    device = "cpu" if run.device == "cpu" else "cuda"
+    train, infer, decode = (memory_model.case_estimate(case, workload, device)
+                            for workload in ("train_step", "forward", "decode"))
     error = None
     if matched_to is not None and case.baseline is not None:
         target = accounting.summary(matched_to.model, matched_to.moe)
@@ -59,17 +60,18 @@ def _row(case: Case, name: str, matched_to: Optional[Case] = None) -> dict[str, 
         "batch_size": run.batch_size,
         "seq_len": model.seq_len,
         "dtype": run.dtype,
-        "train_memory_gib": train["total"] / GIB,
-        "inference_memory_gib": infer["total"] / GIB,
-        **_parallel(case),
+        "train_memory_gib": train / GIB,
+        "inference_memory_gib": infer / GIB,
+        "decode_memory_gib": decode / GIB,
+        **_parallel(case, device),
     }
 
 
-def _parallel(case: Case) -> dict[str, Any]:
+def _parallel(case: Case, device: str) -> dict[str, Any]:
     """Per-rank footprint of the case's layout (one node: world size = parallel.nproc)."""
     model, moe, run, par = case.model, case.moe, case.run, case.parallel
-    train = accounting.parallel_footprint(model, moe, run.batch_size, par.nproc, par.expert, run.dtype, "train_step")
-    infer = accounting.parallel_footprint(model, moe, run.batch_size, par.nproc, par.expert, run.dtype, "forward")
+    train, infer = (accounting.parallel_footprint(model, moe, run.batch_size, par.nproc, par.expert, run.dtype, workload, device)
+                    for workload in ("train_step", "forward"))
     return {
         "world_size": train["world_size"],
         "ep_size": train["ep_size"],
@@ -176,7 +178,7 @@ def _bytes(gib: float) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     parallel = any(r["world_size"] > 1 for r in rows)
     headers = ["case_id", "name", "kind", "experts", "top_k", "d_ff", "params", "active", "GFLOP/tok fwd",
-               "GFLOP/tok train", "train mem", "infer mem"]
+               "GFLOP/tok train", "train mem", "forward mem", "decode mem"]
     if parallel:
         headers += ["ranks", "EP", "params/rank", "train mem/rank", "a2a/rank/step", "grad sync/rank/step"]
     headers.append("matched")
@@ -189,7 +191,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             "-" if r["top_k"] is None else str(r["top_k"]),
             str(r["d_ff"]), _human(r["params_total"]), _human(r["params_active"]),
             f"{r['gflops_per_token']:.4g}", f"{r['train_gflops_per_token']:.4g}",
-            _bytes(r["train_memory_gib"]), _bytes(r["inference_memory_gib"]),
+            _bytes(r["train_memory_gib"]), _bytes(r["inference_memory_gib"]), _bytes(r["decode_memory_gib"]),
         ]
         if parallel:
             cells += [
@@ -205,8 +207,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if rows:
         first = rows[0]
         lines.append(
-            f"memory at batch {first['batch_size']} x seq_len {first['seq_len']} in {first['dtype']}: training = weights + "
-            "grads + AdamW state + activations, inference = weights + KV cache (see docs/accounting.md)"
+            f"estimated peak memory at batch {first['batch_size']} x seq_len {first['seq_len']} in {first['dtype']}: "
+            "training = weights + AdamW state + activations + the step's busiest moment, forward = weights + "
+            "its largest working set (logits included), decode = weights + KV cache + prefill (see docs/accounting.md)"
         )
     if parallel:
         lines.append(

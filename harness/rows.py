@@ -10,6 +10,7 @@ from typing import Any
 from harness import accounting
 from harness.config import Case
 from harness.contracts import WorkerResult
+from harness.memory_model import case_estimate
 from harness.sweep import Expansion
 
 
@@ -85,4 +86,13 @@ def result_row(case: Case, workload: str, result: WorkerResult, expansion: Expan
         git_commit=fingerprint["git_commit"],
     )
     row.update(result.row)
+    row["memory_estimate_bytes"] = case_estimate(case, workload, _device_type(case, row, fingerprint))
     return row
+
+
+def _device_type(case: Case, row: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """Where the case ran, or (a worker that died early) where it would have: cpu or cuda."""
+    if row.get("device"):
+        return "cuda" if str(row["device"]).startswith("cuda") else "cpu"
+    requested = case.run.device
+    return "cuda" if requested == "cuda" or (requested == "auto" and fingerprint.get("device_count")) else "cpu"

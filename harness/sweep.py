@@ -84,6 +84,8 @@ def _drop_inapplicable(data: dict[str, Any]) -> None:
     if model.get("source") == "hf":
         if isinstance(moe.get("impl"), str):
             moe["impl"] = MoEConfig.model_fields["impl"].default  # hf: run.hf_experts_implementation
+        if isinstance(moe.get("loss_reduction"), str):
+            moe["loss_reduction"] = MoEConfig.model_fields["loss_reduction"].default  # transformers' own loss
     else:
         if model.get("config") in FAMILIES:
             model["config"] = None  # native: the family only filled in the architecture

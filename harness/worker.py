@@ -6,6 +6,7 @@ runner, so nothing here needs to survive a segfault or the OOM killer.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,7 +96,32 @@ def prepare(case: Case, workload_name: str, device: torch.device):
     return model, make_workload(workload_name, model, case, device)
 
 
-def probe(model: torch.nn.Module, workload, case: Case, device: torch.device) -> dict[str, Any]:
+def tiny_copy(case: Case) -> Case:
+    """The case at toy widths and batch 1: the same code paths (modules, kernels, optimizer) at no cost."""
+    model = case.model.model_copy(update=dict(
+        d_model=8, n_heads=1, n_kv_heads=None, head_dim=None, d_ff=8, kv_lora_rank=8, rope_head_dim=2,
+        q_lora_rank=8 if case.model.q_lora_rank else None,
+        seq_len=min(case.model.seq_len, case.run.decode_tokens + 8),
+    ))
+    moe = case.moe
+    if moe is not None:
+        moe = moe.model_copy(update=dict(d_expert=None, d_shared=None, dense_residual=8 if moe.dense_residual else None))
+    return case.model_copy(update=dict(model=model, moe=moe, run=case.run.model_copy(update=dict(batch_size=1))))
+
+
+def warm_up(case: Case, workload_name: str, device: torch.device) -> None:
+    """Run the probe and a step on a tiny copy of the case, so one-time runtime allocations (lazy
+    imports, FlopCounterMode's first use: about 70 MB) happen before the case's memory is measured.
+    A Hugging Face model is not shrunk (a checkpoint fixes its shapes): its net peak includes them."""
+    if case.model.source != "native":
+        return
+    tiny = tiny_copy(case)
+    model, workload = prepare(tiny, workload_name, device)
+    probe(model, workload, tiny, device)
+    workload.step()
+
+
+def probe(model: torch.nn.Module, workload, case: Case, device: torch.device, window=None) -> dict[str, Any]:
     """The first step on freshly seeded weights: its loss and routing statistics are reproducible,
     whereas later steps depend on how many warmup steps the timing needed."""
     from harness.metrics import routing
@@ -105,7 +131,7 @@ def probe(model: torch.nn.Module, workload, case: Case, device: torch.device) ->
 
     was_training = model.training
     model.eval()
-    with torch.no_grad(), eager():
+    with torch.no_grad(), eager(), window.excluded() if window is not None else contextlib.nullcontext():
         measured = measured_forward_flops_per_token(model, sample_tokens(case, device)[:, :-1])
     model.train(was_training)
     routing.reset(model)
@@ -115,6 +141,19 @@ def probe(model: torch.nn.Module, workload, case: Case, device: torch.device) ->
         "row": {"measured_flops_per_token": measured, "train_loss": workload.last_loss(), **routing_case},
         "routing_layers": routing_layers,
     }
+
+
+def build_and_probe(case: Case, workload_name: str, device: torch.device):
+    """Build the case, probe it and run one more step, measuring the memory this takes from before the
+    build (`peak_memory_net_*`): the second step is where a training peak holds the optimizer state
+    the first one created. Returns (model, workload, probe result, net peak columns)."""
+    from harness.metrics import memory
+
+    window = memory.NetPeak.open(device, warm_up=lambda: warm_up(case, workload_name, device))
+    model, workload = prepare(case, workload_name, device)
+    first = probe(model, workload, case, device, window)
+    workload.step()
+    return model, workload, first, window.close()
 
 
 def measure(case: Case, workload_name: str, context: Calibration | None = None) -> dict[str, Any]:
@@ -128,8 +167,7 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
     device = resolve_device(case.run.device)
     limit_memory(case, device)
     compiling_before = compile_seconds() if case.run.compile else None
-    model, workload = prepare(case, workload_name, device)
-    first = probe(model, workload, case, device)
+    model, workload, first, net_peak = build_and_probe(case, workload_name, device)
 
     energy.cooldown(case.run.cooldown_s)
     gpu_start = nvml.gpu_state(device)
@@ -155,6 +193,7 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
         "tokens_per_step": workload.tokens_per_step,
         "torch_threads": torch.get_num_threads(),
         **peak,
+        **net_peak,
         **first["row"],
         "samples_s": timings.seconds,
     }

@@ -98,6 +98,8 @@ def rows(with_energy: bool = False, with_quality: bool = False) -> list[dict[str
                         flops_per_token=200_000.0 * k, train_flops_per_token=600_000.0 * k,
                         baseline_flops_per_token=200_000.0 * k, flop_match_error=0.004,
                         peak_memory_bytes=(300 + 8 * experts) * 2**20,
+                        peak_memory_net_bytes=(40 + 8 * experts) * 2**20,
+                        memory_estimate_bytes=(42 + 8 * experts) * 2**20,
                         dropped_fraction={1.0: 0.08, 1.25: 0.02, None: 0.0}[cf] * (1 + 0.2 * math.log2(experts)),
                         load_cv=0.1 * experts, max_mean_load=1.0 + 0.1 * experts, experts_unused=0.0,
                         router_entropy=math.log(experts) * 0.9, realized_capacity_factor=1.0 + 0.1 * experts,
@@ -109,7 +111,7 @@ def rows(with_energy: bool = False, with_quality: bool = False) -> list[dict[str
                     if failure:
                         row.update({c: float("nan") for c in timing if c not in ("timer", "repeats", "noisy")})
                         row.update(status=failure[0], error=failure[1], dropped_fraction=float("nan"),
-                                   peak_memory_bytes=None)
+                                   peak_memory_bytes=None, peak_memory_net_bytes=None)
                     moe_rows.append(row)
     for k in (1, 2):
         for workload in ("train_step", "forward"):
@@ -120,7 +122,8 @@ def rows(with_energy: bool = False, with_quality: bool = False) -> list[dict[str
                 params_total=100_000 + k * 33_000, params_active=100_000 + k * 33_000,
                 flops_per_token=200_000.0 * k, train_flops_per_token=600_000.0 * k,
                 baseline_flops_per_token=200_000.0 * k, flop_match_error=0.004,
-                peak_memory_bytes=300 * 2**20, **timing, **_energy(timing["tokens_per_s"], with_energy),
+                peak_memory_bytes=300 * 2**20, peak_memory_net_bytes=40 * 2**20, memory_estimate_bytes=42 * 2**20,
+                **timing, **_energy(timing["tokens_per_s"], with_energy),
             )
             if with_quality:
                 row["val_loss"] = 3.1
@@ -141,7 +144,7 @@ def make_run(
     df = pd.DataFrame(rows(with_energy, with_quality) + (extra_rows or []))
     df.to_csv(run_dir / "results.csv", index=False)
     df.astype({"case_id": "string", "baseline": "string", "error": "string", "param_matched_to": "string",
-               "peak_memory_bytes": "Int64"}).to_parquet(run_dir / "results.parquet", index=False)
+               "peak_memory_bytes": "Int64", "peak_memory_net_bytes": "Int64"}).to_parquet(run_dir / "results.parquet", index=False)
     suite_yaml = SUITE_YAML.format(description=json.dumps(description))
     info = {
         "suite": {"name": "report-fixture", "description": description, "workloads": ["train_step", "forward"],

@@ -157,7 +157,8 @@ def test_matched_dense_rejects_unknown_rule():
 def test_summary_columns():
     model, moe = ModelConfig(), MoEConfig()
     s = accounting.summary(model, moe)
-    assert set(s) == {"params_total", "params_active", "flops_per_token", "train_flops_per_token"}
+    assert set(s) == {"params_total", "params_active", "params_active_non_embedding", "flops_per_token",
+                      "train_flops_per_token"}
     assert s["params_total"] > s["params_active"]
     assert s["train_flops_per_token"] == 3 * s["flops_per_token"]
 
@@ -165,19 +166,3 @@ def test_summary_columns():
 def test_match_error():
     assert accounting.match_error(101.0, 100.0) == pytest.approx(0.01)
     assert accounting.match_error(99.0, 100.0) == pytest.approx(0.01)
-
-
-def test_memory_estimate_training_and_inference():
-    model = ModelConfig(n_kv_heads=2)
-    moe = MoEConfig()
-    params = accounting.param_counts(model, moe).total
-    train = accounting.memory_estimate(model, moe, batch_size=4, seq_len=64, dtype="bfloat16", workload="train_step")
-    assert train["weights"] == 2 * params and train["grads"] == 2 * params and train["optimizer"] == 4 * params
-    assert train["total"] == sum(v for k, v in train.items() if k != "total")
-    bigger = accounting.memory_estimate(model, moe, batch_size=8, seq_len=64, dtype="bfloat16", workload="train_step")
-    assert bigger["activations"] == 2 * train["activations"]
-    infer = accounting.memory_estimate(model, moe, batch_size=4, seq_len=64, dtype="float32", workload="forward")
-    assert infer["kv_cache"] == 2 * model.n_layers * 2 * model.head_size * 4 * 64 * 4
-    assert infer["weights"] == 4 * params
-    with pytest.raises(ValueError, match="unknown dtype"):
-        accounting.memory_estimate(model, moe, 1, 8, "int3", "forward")

@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from harness import accounting
+from harness import accounting, memory_model
 from harness.config import ModelConfig, MoEConfig
 from harness.metrics.flops import count_flops, measured_forward_flops_per_token
 from harness.models.transformer import TransformerLM
@@ -163,7 +163,7 @@ def test_activation_memory_estimate_matches_saved_tensors(seed, impl):
     for m, e in ((model, moe), (accounting.matched_dense(model, moe, "flop_matched"), None)):
         net = TransformerLM(m, e).train()
         measured = _saved_activation_bytes(net, _tokens(m, batch))
-        estimate = accounting.memory_estimate(m, e, batch, m.seq_len, "float32", "train_step")["activations"]
+        estimate = memory_model.memory_estimate(m, e, batch, m.seq_len, "float32", "train_step")["activations"]
         assert 0.85 < estimate / measured < 1.1, (estimate, measured)
 
 
@@ -176,3 +176,64 @@ def test_positional_and_shared_gate_params_match_model(positional, shared_gate):
     assert accounting.param_counts(model, moe).total == sum(p.numel() for p in net.parameters())
     measured = measured_forward_flops_per_token(net, _tokens(model, batch))
     assert measured == pytest.approx(accounting.forward_flops(model, moe).total, rel=1e-9)
+
+
+# ------------------------------------------------------------------ MLA, GeGLU and Arctic's dense residual
+
+NEW_ARCHITECTURES = {
+    "mla": dict(attention="mla", kv_lora_rank=16, rope_head_dim=8, positional="rope"),
+    "mla with a query latent": dict(attention="mla", kv_lora_rank=16, q_lora_rank=12, rope_head_dim=4, head_dim=8),
+    "geglu": dict(activation="geglu", norm="rmsnorm"),
+}
+
+
+@pytest.mark.parametrize("arch", NEW_ARCHITECTURES)
+@pytest.mark.parametrize("impl", [None, *IMPLS])
+def test_new_architectures_params_exact_and_flops_match_flop_counter(arch, impl):
+    model = ModelConfig(vocab_size=50, d_model=32, n_heads=4, n_layers=2, d_ff=40, seq_len=16, **NEW_ARCHITECTURES[arch])
+    moe = None if impl is None else MoEConfig(num_experts=4, top_k=2, impl=impl, capacity_factor=None,
+                                              dense_residual=24, routing_mode="balanced", first_dense=1)
+    torch.manual_seed(0)
+    net = TransformerLM(model, moe).eval()
+    counts = accounting.param_counts(model, moe)
+    assert counts.total == sum(p.numel() for p in net.parameters())
+    if moe is not None:
+        assert counts.dense_residual == 3 * 32 * 24 * (1 if model.activation == "geglu" else 2 / 3)
+    measured = measured_forward_flops_per_token(net, _tokens(model, 2))
+    # MLA pads its values to the query-key width for the fused kernel: FlopCounterMode counts those products
+    padding = 2.0 * model.seq_len * model.n_heads * model.rope_head_dim * model.n_layers if model.attention == "mla" else 0
+    assert measured == pytest.approx(accounting.forward_flops(model, moe).total + padding, rel=1e-9)
+
+
+def test_mla_hand_counted():
+    """DeepSeek-V2-Lite's attention: q d x H(128+64), joint down d x (512+64), up 512 x H x 256, o H*128 x d."""
+    model = ModelConfig(d_model=2048, n_heads=16, head_dim=128, attention="mla", kv_lora_rank=512, rope_head_dim=64,
+                        n_layers=1, vocab_size=8, d_ff=8, positional="rope", norm="rmsnorm")
+    counts = accounting.param_counts(model)
+    assert counts.attention == 2048 * 16 * 192 + 2048 * 576 + 512 * 16 * 256 + 16 * 128 * 2048 == 13_762_560
+    assert counts.norms == 3 * 2048 + 512
+
+
+@pytest.mark.parametrize("arch", NEW_ARCHITECTURES)
+def test_new_architectures_activation_estimate_matches_saved_tensors(arch):
+    model = ModelConfig(vocab_size=50, d_model=32, n_heads=4, n_layers=2, d_ff=40, seq_len=64, **NEW_ARCHITECTURES[arch])
+    moe = MoEConfig(num_experts=4, top_k=2, capacity_factor=None, dense_residual=24)
+    for m, e in ((model, moe), (model, None)):
+        net = TransformerLM(m, e).train()
+        measured = _saved_activation_bytes(net, _tokens(m, 2))
+        estimate = memory_model.memory_estimate(m, e, 2, m.seq_len, "float32", "train_step")["activations"]
+        assert 0.85 < estimate / measured < 1.1, (estimate, measured)
+
+
+def test_arctic_block_runs_the_moe_on_the_block_input_beside_attention():
+    """h = x + attn(n1(x)); out = h + mlp(n3(h)) + moe(n2(x)): the MoE does not see the attention output."""
+    from harness.models.transformer import Block
+
+    model = ModelConfig(d_model=32, n_heads=4, d_ff=40, seq_len=8)
+    torch.manual_seed(0)
+    block = Block(model, MoEConfig(num_experts=4, top_k=2, dense_residual=24, capacity_factor=None), 0).eval()
+    x = torch.randn(2, 8, 32)
+    out, _ = block(x)
+    h = x + block.attn(block.norm1(x))
+    moe, _ = block.ffn(block.norm2(x))
+    torch.testing.assert_close(out, h + block.residual(block.residual_norm(h)) + moe)

@@ -29,7 +29,12 @@ def _tolerance(published: float) -> float:
     return max(0.01, 0.5 * 10 ** (exponent - digits + 1) / published)
 
 
-EXPECTED = {"mixtral-8x7b", "mistral-7b", "mixtral-8x22b", "olmoe-1b-7b", "olmo-1b", "qwen1.5-moe-a2.7b"}
+EXPECTED = {"mixtral-8x7b", "mistral-7b", "mixtral-8x22b", "olmoe-1b-7b", "olmo-1b", "qwen1.5-moe-a2.7b",
+            "deepseek-v2-lite", "arctic"}
+# Where the architecture cannot meet the published figure's rounding, the gap is stated in the preset file and
+# in docs/accounting.md. DeepSeek-V2-Lite: 2.451B activated (input embedding excluded, DeepSeek's convention)
+# for "2.4B", 0.06% past the two-digit rounding bound (2.45B).
+STATED_GAPS = {("deepseek-v2-lite", "active"): 0.022}
 
 
 def test_all_required_presets_exist():
@@ -41,9 +46,10 @@ def test_published_parameter_counts(name):
     model, moe = _configs(name)
     counts = accounting.param_counts(model, moe)
     published = presets.info(name).published
-    assert published is not None and published.source.startswith("http")
+    assert published is not None and published.source.startswith(("http", "arXiv:"))
+    active = counts.active_non_embedding if published.active_convention == "non_embedding" else counts.active
     assert accounting.match_error(counts.total, published.total) < _tolerance(published.total)
-    assert accounting.match_error(counts.active, published.active) < _tolerance(published.active)
+    assert accounting.match_error(active, published.active) < STATED_GAPS.get((name, "active"), _tolerance(published.active))
 
 
 def test_tolerance_is_one_percent_unless_published_figure_is_coarser():
@@ -107,12 +113,16 @@ def test_plan_preset_is_fast_and_allocates_nothing(monkeypatch):
 
 
 def test_plan_preset_memory_and_overrides():
-    (moe_row, _, _, dense_row) = plan_rows("mixtral-8x7b", ("run.batch_size=1", "model.seq_len=4096", "moe.top_k=1"))
+    (moe_row, _, _, dense_row) = plan_rows("mixtral-8x7b", ("run.batch_size=1", "model.seq_len=4096", "moe.top_k=1",
+                                                            "moe.renormalize=false"))
     assert moe_row["seq_len"] == dense_row["seq_len"] == 4096 and moe_row["top_k"] == 1
     model, moe = _configs("mixtral-8x7b")
-    weights = 2 * accounting.param_counts(model, moe).total
+    counts = accounting.param_counts(model, moe)
+    weights = 2 * (counts.total - counts.router) + 4 * counts.router  # bf16, the router in fp32
+    logits = 4096 * 32000 * 2
     kv = 2 * 32 * 8 * 128 * 4096 * 2
-    assert moe_row["inference_memory_gib"] * 2**30 == pytest.approx(weights + kv)
+    assert weights + logits < moe_row["inference_memory_gib"] * 2**30 < 1.01 * (weights + logits)
+    assert moe_row["decode_memory_gib"] * 2**30 > weights + kv
     assert moe_row["train_memory_gib"] * 2**30 > 4 * weights
 
 
@@ -143,3 +153,19 @@ def test_plan_suite_lists_baselines_with_their_match(tmp_path, capsys):
         if r["kind"] == "dense":
             assert r["match_error"] < 0.01 and r["matched_to"] is not None
     assert rows[0]["name"] == "num_experts=4"
+
+
+def test_deepseek_v2_lite_and_arctic_within_one_percent_of_their_published_totals_and_plan_only():
+    lite, arctic = (accounting.param_counts(*_configs(n)) for n in ("deepseek-v2-lite", "arctic"))
+    assert accounting.match_error(lite.total, 15.7e9) < 0.001  # 15.706B
+    assert accounting.match_error(arctic.total, 480e9) < 0.01  # 478.6B
+    assert accounting.match_error(arctic.active_non_embedding, 17e9) < 0.01  # 17.09B
+    # the published 2.4B leaves the input embedding out; counting it gives 2.66B, 11% more
+    assert accounting.match_error(lite.active, 2.4e9) > 0.1 and accounting.match_error(lite.active_non_embedding, 2.4e9) < 0.022
+    # "10B dense transformer with a residual 128x3.66B MoE MLP"
+    model, moe = _configs("arctic")
+    assert accounting.match_error(arctic.total - arctic.experts, 10e9) < 0.01
+    assert accounting.match_error(arctic.experts / 128, 3.66e9) < 0.001
+    assert moe.dense_residual == model.d_model and model.attention == "gqa"
+    rows = plan_rows("deepseek-v2-lite", ())
+    assert rows[0]["params_total"] == lite.total and rows[0]["decode_memory_gib"] > rows[0]["inference_memory_gib"]

@@ -30,8 +30,8 @@ def report(tmp_path_factory):
 def test_report_is_one_self_contained_file_with_pngs(report):
     run, html = report
     pngs = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert pngs == ["dropped_vs_capacity.png", "memory_vs_experts.png", "throughput_ratio_heatmap.png",
-                    "throughput_vs_experts.png"]
+    assert pngs == ["dropped_vs_capacity.png", "memory_estimate_vs_measured.png", "memory_vs_experts.png",
+                    "throughput_ratio_heatmap.png", "throughput_vs_experts.png"]
     images = re.findall(r'<img src="([^"]+)"', html)
     assert len(images) == len(pngs) and all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:|//)', html)
@@ -42,7 +42,7 @@ def test_report_is_one_self_contained_file_with_pngs(report):
 def test_suite_text_and_errors_cannot_inject_markup(report):
     _, html = report
     assert len(re.findall(r"<script\b", html)) == 1  # only the sorting script
-    assert len(re.findall(r"<img\b", html)) == 4  # only the plots
+    assert len(re.findall(r"<img\b", html)) == 5  # only the plots
     assert "Sweep &lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt; &amp; more" in html
     failures = html[html.index('id="failures-table"'):]
     assert "&lt;img src=x onerror=alert(1)&gt;" in failures[: failures.index("</table>")]
@@ -201,3 +201,15 @@ def test_report_lists_routing_per_layer(report):
     assert 'id="layers"' in html and f"{len(layers)} layer rows" in html
     section = html[html.index('id="layers"'):html.index('id="run"')]
     assert section.count("<tr") == len(layers) + 1  # header + one row per layer
+
+
+def test_memory_estimate_plot_draws_estimate_against_net_peak_and_explains_its_absence(tmp_path):
+    from harness.report.plots import memory_estimate_vs_measured
+
+    df = load(make_run(tmp_path))
+    plot = memory_estimate_vs_measured(paired(df), df)
+    assert plot.figure is not None and plot.missing is None
+    worst = max((42 + 8 * e) / (40 + 8 * e) for e in (0,))  # the dense rows: 42 / 40 MiB
+    assert f"to {worst:.2f} over" in plot.caption
+    older = df.drop(columns=["memory_estimate_bytes"])
+    assert memory_estimate_vs_measured(paired(older), older).missing

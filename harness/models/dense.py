@@ -2,8 +2,9 @@
 
 Convention (shared with `moe/experts.py`, relied on by parameter accounting): no biases.
 - GELU:   `w_in` is d_model -> d_ff, `w_out` is d_ff -> d_model: 2 * d_model * d_ff parameters.
-- SwiGLU: `w_in` is d_model -> 2*d_ff (gate and up projections fused, gate first), `w_out` is
-  d_ff -> d_model: 3 * d_model * d_ff parameters.
+- SwiGLU and GeGLU: `w_in` is d_model -> 2*d_ff (gate and up projections fused, gate first), `w_out`
+  is d_ff -> d_model: 3 * d_model * d_ff parameters; the gate goes through silu (SwiGLU) or the exact
+  gelu (GeGLU, as Grok-1; Grok's JAX code uses gelu's tanh approximation, the same FLOPs and parameters).
 Fusing gate and up into one matrix gives one GEMM instead of two, and the experts use the same layout,
 so dense and MoE FFNs do the same kind of work per token.
 """
@@ -12,9 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.config import Activation
-
-GATED = {"gelu": False, "swiglu": True}
+from harness.config import GATED, Activation
 
 
 def in_width(activation: Activation, d_ff: int) -> int:
@@ -29,6 +28,9 @@ def activate(h: Tensor, activation: Activation) -> Tensor:
     if activation == "swiglu":
         gate, up = h.chunk(2, dim=-1)
         return F.silu(gate) * up
+    if activation == "geglu":
+        gate, up = h.chunk(2, dim=-1)
+        return F.gelu(gate) * up
     raise ValueError(f"unknown activation {activation!r}")
 
 

@@ -3,12 +3,14 @@
 Parameter convention (what `harness.accounting` must reproduce exactly):
 - token embedding `vocab_size x d_model`; learned absolute positions `seq_len x d_model` when
   `model.positional == "learned"` (rope: rotary q/k in attention, no parameters; none: nothing);
-- per block: two norms and attention (q: d*H*hs, k and v: d*kv*hs each, o: H*hs*d) and an FFN;
+- per block: two norms and attention (gqa: q: d*H*hs, k and v: d*kv*hs each, o: H*hs*d; mla: see
+  `LatentAttention`, plus RMSNorm weights on its latents) and an FFN;
   norms are LayerNorm with weight and bias (2*d) or RMSNorm with weight only (d);
 - every linear is bias-free (attention, FFN, experts, router, LM head);
-- dense FFN: 2*d*f (GELU) or 3*d*f (SwiGLU); MoE FFN: router E*d (noisy_topk adds a second E*d noise
-  projection) + E*c*d*f_e experts (c = 2 GELU, 3 SwiGLU) + shared c*d*(s*f_s) + d for the shared gate
-  when `moe.shared_gate`; sigmoid_bias's expert bias is a buffer, not a parameter;
+- dense FFN: 2*d*f (GELU) or 3*d*f (SwiGLU, GeGLU); MoE FFN: router E*d (noisy_topk adds a second E*d
+  noise projection) + E*c*d*f_e experts (c = 2 GELU, 3 gated) + shared c*d*(s*f_s) + d for the shared gate
+  when `moe.shared_gate` + a third norm and c*d*w for `moe.dense_residual` (width w); sigmoid_bias's
+  expert bias is a buffer, not a parameter;
 - final norm; LM head `vocab_size x d_model` unless tied to the token embedding.
 """
 from __future__ import annotations
@@ -17,11 +19,12 @@ import torch
 from torch import LongTensor, Tensor, nn
 
 from harness.config import Case, ModelConfig, MoEConfig
-from harness.models.attention import CausalSelfAttention, KVCache
+from harness.models.attention import KVCache, make_attention, make_cache
 from harness.models.dense import FeedForward
 from harness.models.moe.experts import Experts
 from harness.models.moe.layer import MoELayer
 from harness.models.moe.router import SigmoidBiasRouter
+from harness.models.precision import Float32Norm
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -31,22 +34,31 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 
 
 class Block(nn.Module):
-    """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x)). An MoE layer's norm runs in float32, so its
+    router sees the normalised input unrounded whatever the model dtype."""
 
     def __init__(self, model: ModelConfig, moe: MoEConfig | None, layer: int):
         super().__init__()
-        self.norm1, self.norm2 = make_norm(model), make_norm(model)
-        self.attn = CausalSelfAttention(model)
         self.is_moe = moe is not None and moe.is_moe_layer(layer)
+        self.norm1 = make_norm(model)
+        self.norm2 = Float32Norm(make_norm(model)) if self.is_moe else make_norm(model)
+        self.attn = make_attention(model)
         self.ffn = (MoELayer(model, moe) if self.is_moe
                     else FeedForward(model.d_model, model.d_ff, model.activation))
+        residual = moe.dense_residual if self.is_moe else None
+        self.residual_norm = make_norm(model) if residual else None
+        self.residual = FeedForward(model.d_model, residual, model.activation) if residual else None
 
     def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> tuple[Tensor, Tensor | None]:
-        x = x + self.attn(self.norm1(x), cache, start)
-        if self.is_moe:
-            h, aux = self.ffn(self.norm2(x))
-            return x + h, aux
-        return x + self.ffn(self.norm2(x)), None
+        h = x + self.attn(self.norm1(x), cache, start)
+        if not self.is_moe:
+            return h + self.ffn(self.norm2(h)), None
+        if self.residual is None:
+            y, aux = self.ffn(self.norm2(h))
+            return h + y, aux
+        # Arctic's residual MoE: a dense MLP on the attention output, the MoE on the block's input, in parallel
+        y, aux = self.ffn(self.norm2(x))
+        return h + self.residual(self.residual_norm(h)) + y, aux
 
 
 class TransformerLM(nn.Module):
@@ -56,6 +68,7 @@ class TransformerLM(nn.Module):
         self.tok_emb = nn.Embedding(model.vocab_size, model.d_model)
         self.pos_emb = nn.Embedding(model.seq_len, model.d_model) if model.positional == "learned" else None
         self.blocks = nn.ModuleList(Block(model, moe, i) for i in range(model.n_layers))
+        self.num_moe_layers = sum(block.is_moe for block in self.blocks)
         self.norm = make_norm(model)
         self.lm_head = nn.Linear(model.d_model, model.vocab_size, bias=False)
         self.apply(self._init)
@@ -76,14 +89,13 @@ class TransformerLM(nn.Module):
 
     def make_caches(self, batch: int, device, dtype) -> list[KVCache]:
         """One KV cache per block, long enough for the model's full sequence."""
-        cfg = self.config
-        return [KVCache(batch, cfg.kv_heads, cfg.seq_len, cfg.head_size, device, dtype) for _ in self.blocks]
+        return [make_cache(self.config, batch, device, dtype) for _ in self.blocks]
 
     def forward(
         self, tokens: LongTensor, caches: list[KVCache] | None = None, start: int = 0
     ) -> tuple[Tensor, Tensor]:
-        """tokens [B, T] at positions start..start+T-1 -> (logits [B, T, V], sum over MoE layers of
-        coefficient-weighted aux losses). With `caches` (see `make_caches`), earlier positions are
+        """tokens [B, T] at positions start..start+T-1 -> (logits [B, T, V], the coefficient-weighted aux
+        losses of the MoE layers, summed or averaged as `moe.loss_reduction` says). With `caches` (see `make_caches`), earlier positions are
         read from and new ones written to the caches: incremental decoding."""
         B, T = tokens.shape
         if start + T > self.config.seq_len:
@@ -96,6 +108,8 @@ class TransformerLM(nn.Module):
             x, layer_aux = block(x, caches[i] if caches is not None else None, start)
             if layer_aux is not None:
                 aux = aux + layer_aux
+        if self.moe_config is not None and self.moe_config.loss_reduction == "mean":
+            aux = aux / self.num_moe_layers
         return self.lm_head(self.norm(x)), aux
 
     @torch.no_grad()

@@ -2,7 +2,8 @@
 
 A preset file holds `model` (and `moe` for MoE models) in the suite schema, plus metadata that is not part
 of a case: `description`, `dense_peer` (the name of a dense preset), and `published` parameter counts with
-their source, which the tests hold the accounting to.
+their source (and, when the vendor counts active parameters without the input embedding,
+`active_convention: non_embedding`), which the tests hold the accounting to.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class Published:
     total: float
     active: float
     source: str
+    active_convention: str = "all"  # "non_embedding": the vendor leaves the input embedding out (DeepSeek)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def info(name: str) -> PresetInfo:
         name=name,
         description=raw.get("description", ""),
         dense_peer=raw.get("dense_peer"),
-        published=Published(float(published["total"]), float(published["active"]), published["source"])
+        published=Published(float(published["total"]), float(published["active"]), published["source"],
+                            published.get("active_convention", "all"))
         if published else None,
     )

@@ -18,7 +18,7 @@ from harness.contracts import RunInfo
 
 MEASURED_METRICS = [
     ("tokens_per_s", "Throughput"), ("latency_ms_ci_low", "Latency confidence interval"),
-    ("peak_memory_bytes", "Peak memory"), ("energy_j_per_token", "Energy per token"),
+    ("peak_memory_net_bytes", "Peak memory"), ("energy_j_per_token", "Energy per token"),
     ("achieved_tflops", "Achieved TFLOP/s"), ("mfu", "Model FLOPs utilisation"),
     ("dropped_fraction", "Dropped tokens (MoE)"), ("load_cv", "Expert load balance (MoE)"),
     ("val_loss", "Quality (validation loss)"),

@@ -26,7 +26,7 @@ def matched(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """Rows present in both runs (columns suffixed _a/_b) with B/A change columns."""
     both = a.merge(b, on=KEYS, suffixes=("_a", "_b"))
     ok = ((both["status_a"] == "ok") & (both["status_b"] == "ok")).fillna(False).astype(bool)
-    for metric, name in (("tokens_per_s", "throughput"), ("peak_memory_bytes", "memory"),
+    for metric, name in (("tokens_per_s", "throughput"), ("peak_memory_net_bytes", "memory"),
                          ("energy_j_per_token", "energy_per_token")):
         both[f"{name}_change"] = safe_ratio(pd.to_numeric(both[f"{metric}_b"], errors="coerce").astype(float),
                                         pd.to_numeric(both[f"{metric}_a"], errors="coerce").astype(float)).where(ok)

@@ -114,12 +114,46 @@ def throughput_vs_experts(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
 
 
 def memory_vs_experts(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
-    plot = _vs_experts(pairs, "peak_memory_bytes", "memory_vs_experts", "Peak memory", "peak memory (MiB)", MIB,
-                       coverage(df, "peak_memory_bytes")[2])
-    sources = sorted({str(s) for s in df["memory_source"].dropna()}) if "memory_source" in df else []
+    plot = _vs_experts(pairs, "peak_memory_net_bytes", "memory_vs_experts", "Peak memory",
+                       "peak memory net of the process (MiB)", MIB, coverage(df, "peak_memory_net_bytes")[2])
+    plot.caption += (" Each peak is measured from just before the model is built, net of what the process held "
+                     "then (Python, torch), so it is the case's own memory.")
+    sources = sorted({str(s) for s in df["peak_memory_net_source"].dropna()}) if "peak_memory_net_source" in df else []
     if sources:
         plot.caption += f" Measured as: {', '.join(sources)}."
     return plot
+
+
+def memory_estimate_vs_measured(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    """Every row's analytic peak (harness.memory_model) against its measured net peak: the run checks the
+    memory model it plans with."""
+    name, title = "memory_estimate_vs_measured", "Memory estimate against measurement"
+    caption = ("Estimated peak memory of each case and workload (harness.memory_model) against the peak measured "
+               "from the model build (net of the process floor). The diagonal is a perfect estimate, the band "
+               "+-15%.")
+    columns = ("memory_estimate_bytes", "peak_memory_net_bytes")
+    if any(c not in df.columns for c in columns):
+        return Plot(name, title, caption, missing="this run recorded no memory estimates or net peaks")
+    ok = df[(df["status"] == "ok")].copy()
+    for c in columns:
+        ok[c] = pd.to_numeric(ok[c], errors="coerce").astype(float) / MIB
+    ok = ok[np.isfinite(ok[columns[0]]) & np.isfinite(ok[columns[1]]) & (ok[columns[1]] > 0)]
+    if ok.empty:
+        return Plot(name, title, caption, missing=coverage(df, "peak_memory_net_bytes")[2] or "no measured values")
+    fig, axes = new_figure(1, 1)
+    ax = axes[0][0]
+    sns.scatterplot(data=ok, x="peak_memory_net_bytes", y="memory_estimate_bytes", hue="workload", style="kind", ax=ax)
+    top = float(max(ok[columns[0]].max(), ok[columns[1]].max())) * 1.1
+    line = np.array([0.0, top])
+    ax.plot(line, line, color="0.3", linewidth=1)
+    ax.fill_between(line, 0.85 * line, 1.15 * line, color="0.5", alpha=0.15, linewidth=0)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("measured peak, net (MiB)")
+    ax.set_ylabel("estimated peak (MiB)")
+    ratio = ok[columns[0]] / ok[columns[1]]
+    caption += f" Estimate / measured: {ratio.min():.2f} to {ratio.max():.2f} over {len(ok)} rows."
+    return Plot(name, title, caption, figure=fig)
 
 
 def energy_per_token(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
@@ -327,7 +361,8 @@ def _case_labels(rows: pd.DataFrame) -> dict[str, str]:
 
 
 PLOTS: list[Callable[[pd.DataFrame, pd.DataFrame], Plot]] = [
-    throughput_vs_experts, ratio_heatmap, memory_vs_experts, energy_per_token, dropped_vs_capacity, quality_vs_flops,
+    throughput_vs_experts, ratio_heatmap, memory_vs_experts, memory_estimate_vs_measured, energy_per_token,
+    dropped_vs_capacity, quality_vs_flops,
 ]
 
 

@@ -205,7 +205,8 @@ def failures(df: pd.DataFrame) -> Table:
 
 RESULT_COLUMNS = [
     ("tokens_per_s", "tok/s", 1.0), ("latency_ms_median", "latency ms", 1.0), ("latency_ms_ci_low", "CI low", 1.0),
-    ("latency_ms_ci_high", "CI high", 1.0), ("peak_memory_bytes", "peak MiB", MIB),
+    ("latency_ms_ci_high", "CI high", 1.0), ("peak_memory_net_bytes", "peak MiB (net)", MIB),
+    ("memory_estimate_bytes", "estimate MiB", MIB), ("peak_memory_bytes", "raw peak MiB", MIB),
     ("energy_j_per_token", "mJ/token", 1e-3), ("dropped_fraction", "dropped", 1.0), ("load_cv", "load CV", 1.0),
     ("flops_per_token", "MFLOP/token", 1e6), ("params_total", "params M", 1e6),
 ]

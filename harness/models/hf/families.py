@@ -83,6 +83,7 @@ def _problems(model: ModelConfig, moe: Optional[MoEConfig], f: Family) -> list[s
 
     need(model.activation == "swiglu", "model.activation", model.activation, f"{f.name} has a SwiGLU MLP")
     need(model.positional == "rope", "model.positional", model.positional, f"{f.name} uses rotary positions")
+    need(model.attention == "gqa", "model.attention", model.attention, f"{f.name} has grouped-query attention")
     need(model.norm == f.norm, "model.norm", model.norm, f"{f.name} uses {f.norm}")
     if f.name == "olmoe":
         need(model.head_size * model.n_heads == model.d_model, "model.head_dim", model.head_dim,
@@ -94,14 +95,15 @@ def _problems(model: ModelConfig, moe: Optional[MoEConfig], f: Family) -> list[s
         found.append(f"model.config={f.name!r}: a dense family; an MoE case needs one of {', '.join(MOE_FAMILIES)}")
         return found
     need(moe.router == "topk_softmax", "moe.router", moe.router, f"{f.name} routes by the top-k of a softmax")
+    need(moe.dense_residual is None, "moe.dense_residual", moe.dense_residual, f"{f.name} has no dense residual MLP")
     need(moe.routing_mode == "learned", "moe.routing_mode", moe.routing_mode, f"{f.name} has no forced routing")
     need(moe.capacity_factor is None, "moe.capacity_factor", moe.capacity_factor,
          f"{f.name} routes dropless (no capacity); set moe.capacity_factor: null")
     need(moe.z_loss_coef == 0, "moe.z_loss_coef", moe.z_loss_coef, f"transformers' {f.name} has no router z-loss")
-    need(moe.importance_loss_coef == 0, "moe.importance_loss_coef", moe.importance_loss_coef,
+    need(moe.setting("importance_loss_coef") == 0, "moe.importance_loss_coef", moe.importance_loss_coef,
          f"transformers' {f.name} has no importance loss")
     if f.name == "mixtral":
-        need(moe.renormalize, "moe.renormalize", moe.renormalize, "mixtral always renormalises its top-k weights")
+        need(moe.setting("renormalize"), "moe.renormalize", moe.renormalize, "mixtral always renormalises its top-k weights")
     else:
         need(moe.jitter_eps == 0, "moe.jitter_eps", moe.jitter_eps, f"{f.name} has no router jitter")
     if f.name == "qwen2_moe":
@@ -148,13 +150,13 @@ def config_kwargs(model: ModelConfig, moe: Optional[MoEConfig]) -> dict[str, Any
     if moe is None:
         return kw
     width = moe.expert_width(model)
-    kw.update(num_experts_per_tok=moe.k, router_aux_loss_coef=moe.aux_loss_coef)
+    kw.update(num_experts_per_tok=moe.k, router_aux_loss_coef=moe.setting("aux_loss_coef"))
     if f.name == "mixtral":
         kw.update(num_local_experts=moe.experts, intermediate_size=width, router_jitter_noise=moe.jitter_eps)
     elif f.name == "olmoe":
-        kw.update(num_experts=moe.experts, intermediate_size=width, norm_topk_prob=moe.renormalize)
+        kw.update(num_experts=moe.experts, intermediate_size=width, norm_topk_prob=moe.setting("renormalize"))
     else:
-        kw.update(num_experts=moe.experts, moe_intermediate_size=width, norm_topk_prob=moe.renormalize,
+        kw.update(num_experts=moe.experts, moe_intermediate_size=width, norm_topk_prob=moe.setting("renormalize"),
                   decoder_sparse_step=1, mlp_only_layers=[i for i in range(model.n_layers) if not moe.is_moe_layer(i)])
         if f.name == "qwen2_moe":
             kw["shared_expert_intermediate_size"] = moe.num_shared_experts * moe.shared_width(model)

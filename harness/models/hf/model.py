@@ -86,7 +86,7 @@ class HFCausalLM(nn.Module):
         self.config, self.moe_config = case.model, case.moe
         moe = case.moe
         self.moe_indices = [i for i in range(case.model.n_layers) if moe is not None and moe.is_moe_layer(i)]
-        self.taps = [RouterTap(moe.experts, moe.k, moe.renormalize) for _ in self.moe_indices] if moe else []
+        self.taps = [RouterTap(moe.experts, moe.k, moe.setting("renormalize")) for _ in self.moe_indices] if moe else []
         self.recording = False
         params = inspect.signature(hf.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x

@@ -111,8 +111,8 @@ class MoELayer(nn.Module):
         super().__init__()
         self.num_experts, self.k = moe.experts, moe.k
         self.capacity_factor = moe.capacity_factor
-        self.coefs = {"aux_loss": moe.aux_loss_coef, "z_loss": moe.z_loss_coef,
-                      "importance_loss": moe.importance_loss_coef}
+        self.coefs = {"aux_loss": moe.setting("aux_loss_coef"), "z_loss": moe.z_loss_coef,
+                      "importance_loss": moe.setting("importance_loss_coef")}
         self.router = build_router(moe, model.d_model)
         self.experts = Experts(moe.experts, model.d_model, moe.expert_width(model), model.activation)
         self.shared = (
@@ -139,10 +139,12 @@ class MoELayer(nn.Module):
         return math.ceil(self.capacity_factor * num_tokens * self.k / self.num_experts)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`x` [..., d] -> (output [..., d], coefficient-weighted aux loss, a 0-dim fp32 tensor)."""
+        """`x` [..., d] -> (output [..., d] in the experts' dtype, coefficient-weighted aux loss, a 0-dim
+        fp32 tensor). The router reads `x` in float32; the experts read it in their own dtype."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        routing = self.router(x)
+        routing = self.router(x)  # on x as given: a float32 input routes unrounded in any model dtype
+        x = x.to(self.experts.w_in.dtype)
         y, batch = self.dispatch(self, x, routing)
         if self.shared is not None:
             shared = self.shared(x)

@@ -6,7 +6,8 @@ list assignments slot-major (every token's first choice, then every token's seco
 is the priority order in which capacity is filled, so first choices are dropped last (GShard). Expert
 choice lists each expert's picked tokens and needs no capacity step.
 
-All router math runs in float32 whatever the model dtype (Switch "selective precision").
+All router math runs in float32 whatever the model dtype (Switch "selective precision"): its weights and
+buffers stay float32 when the model is cast (`Float32Module`), and it reads its input in float32.
 
 `moe.routing_mode` replaces the learned *selection* (never the router computation, whose cost is part
 of the MoE) for speed benchmarks: `balanced` is MegaBlocks' round-robin `uniform_expert_assignment`,
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.config import MoEConfig
+from harness.models.precision import Float32Module
 
 
 @dataclass
@@ -69,7 +71,7 @@ def slot_major(idx: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return token, idx.t().reshape(-1), weight.t().reshape(-1)
 
 
-class Router(nn.Module):
+class Router(Float32Module):
     """Base: the linear scoring `W_r x` (no bias) in fp32, jitter, and forced selection modes."""
 
     causal = True  # False when a token's routing depends on other tokens of the batch
@@ -77,7 +79,7 @@ class Router(nn.Module):
     def __init__(self, moe: MoEConfig, d_model: int):
         super().__init__()
         self.num_experts, self.k = moe.experts, moe.k
-        self.renormalize = moe.renormalize
+        self.renormalize = moe.setting("renormalize")
         self.jitter_eps = moe.jitter_eps
         self.mode, self.skew_exponent = moe.routing_mode, moe.skew_exponent
         self.weight = nn.Parameter(torch.empty(self.num_experts, d_model))
@@ -94,7 +96,7 @@ class Router(nn.Module):
         return x
 
     def scores(self, x32: Tensor) -> Tensor:
-        return x32 @ self.weight.float().t()
+        return x32 @ self.weight.t()
 
     def select(self, scores: Tensor) -> Tensor:
         """`[T, k]` chosen experts: the top-k of `scores`, unless a benchmark routing mode forces them."""
@@ -129,13 +131,12 @@ class TopKSoftmaxRouter(Router):
 
 class SwitchRouter(TopKSoftmaxRouter):
     """Switch Transformer top-1: `y = p_i(x) E_i(x)`, i = argmax. Never renormalised (that would make
-    the weight 1 and cut the router's gradient)."""
+    the weight 1 and cut the router's gradient: the config refuses it)."""
 
     def __init__(self, moe: MoEConfig, d_model: int):
         super().__init__(moe, d_model)
         if self.k != 1:
             raise ValueError(f"the switch router is top-1; got top_k*granularity = {self.k}")
-        self.renormalize = False
 
 
 class NoisyTopKRouter(Router):
@@ -151,7 +152,7 @@ class NoisyTopKRouter(Router):
         logits = self.scores(x32)
         noisy, load = logits, None
         if self.training:
-            std = F.softplus(x32 @ self.noise_weight.float().t())
+            std = F.softplus(x32 @ self.noise_weight.t())
             noisy = logits + torch.randn_like(logits) * std
             if self.k < self.num_experts:
                 load = self.smooth_load(logits, noisy, std)
@@ -198,7 +199,8 @@ class SigmoidBiasRouter(Router):
     """DeepSeek-V3 auxiliary-loss-free balancing: sigmoid affinities, selection by top-k of
     `score + bias`, weights from the unbiased scores (renormalised if `moe.renormalize`). The bias is
     not trained by gradient: `update_bias()` (after each optimizer step) moves it by
-    `bias_update_rate * sign(mean load - load_i)` using the loads seen since the last update.
+    `bias_update_rate * sign(mean load - load_i)` using the loads seen since the last update; the bias
+    stays float32 with the router (updates of 1e-3 would round away in bfloat16).
     """
 
     def __init__(self, moe: MoEConfig, d_model: int):
@@ -206,14 +208,6 @@ class SigmoidBiasRouter(Router):
         self.update_rate = moe.bias_update_rate
         self.register_buffer("expert_bias", torch.zeros(self.num_experts))
         self.register_buffer("pending_load", torch.zeros(self.num_experts), persistent=False)
-
-    def _apply(self, fn, recurse=True):
-        """Keep the bias in fp32 when the model is cast to bf16: updates of 1e-3 would round away."""
-        bias, pending = self.expert_bias, self.pending_load
-        super()._apply(fn, recurse)
-        device = self.expert_bias.device
-        self.expert_bias, self.pending_load = bias.to(device), pending.to(device)
-        return self
 
     def route(self, x: Tensor) -> Routing:
         logits = self.scores(self.router_input(x))

@@ -1,7 +1,9 @@
 """Routing tallies kept on the layer's device and summed over forward passes without host syncs.
 
 `harness.metrics.routing` turns a tally into statistics; this module only counts. Per forward it
-costs two small in-place adds, so tallies can stay on while timing.
+costs two small adds, so tallies can stay on while timing. The adds are out of place: a tally begun
+under `torch.inference_mode` (decode's prefill) holds inference tensors, which later forwards outside
+that mode (the worker's probe) may not update in place.
 """
 from __future__ import annotations
 
@@ -43,8 +45,8 @@ class RoutingTally:
             self.routed = routed.to(torch.float64)
             self.scalars = scalars.to(torch.float64)
         else:
-            self.routed += routed
-            self.scalars += scalars
+            self.routed = self.routed + routed
+            self.scalars = self.scalars + scalars
 
     def host(self) -> Optional[dict]:
         """The tally as Python numbers (one sync), or None if nothing was routed since reset."""
