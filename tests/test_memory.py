@@ -175,16 +175,17 @@ def test_cuda_net_peak_is_max_allocated_since_the_build(monkeypatch):
 
 def test_every_row_carries_its_estimate_even_when_the_worker_died():
     """An OOM row is where the estimate matters most: it says what the case would have needed."""
+    from harness.contracts import WorkerResult
     from harness.rows import result_row
     from harness.sweep import Expansion
 
     case = make_case(BASE, dict(num_experts=8, top_k=2), 8)
     fingerprint = {"harness_version": "x", "torch": "x", "git_commit": "x", "device_count": 0}
-    died = result_row(case, "train_step", {"status": "oom", "error": "killed"}, Expansion(cases=[case]), "s", fingerprint)
+    died = result_row(case, "train_step", WorkerResult(status="oom", error="killed"), Expansion(cases=[case]), "s", fingerprint)
     assert died["memory_estimate_bytes"] == memory_model.case_estimate(case, "train_step", "cpu")
     on_gpu = {**fingerprint, "device_count": 1}
     auto = case.model_copy(update={"run": case.run.model_copy(update={"device": "auto"})})
-    row = result_row(auto, "train_step", {"status": "oom"}, Expansion(cases=[auto]), "s", on_gpu)
+    row = result_row(auto, "train_step", WorkerResult(status="oom"), Expansion(cases=[auto]), "s", on_gpu)
     assert row["memory_estimate_bytes"] == memory_model.case_estimate(auto, "train_step", "cuda")
-    ran = result_row(case, "forward", {"status": "ok", "row": {"device": "cpu"}}, Expansion(cases=[case]), "s", fingerprint)
+    ran = result_row(case, "forward", WorkerResult(status="ok", row={"device": "cpu"}), Expansion(cases=[case]), "s", fingerprint)
     assert ran["memory_estimate_bytes"] == memory_model.case_estimate(case, "forward", "cpu")
