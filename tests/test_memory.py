@@ -11,8 +11,6 @@ import pytest
 from harness import memory_model
 from harness.config import Case, ModelConfig, MoEConfig
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux's")
-
 from benchmarks.memory_model import BASE, SPREAD, make_case, measure_peaks
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux's")

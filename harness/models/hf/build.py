@@ -89,7 +89,7 @@ def native_state(native: nn.Module) -> dict[str, Tensor]:
     for i, block in enumerate(native.blocks):
         p = f"model.layers.{i}."
         out[f"{p}input_layernorm.weight"] = block.norm1.weight
-        out[f"{p}post_attention_layernorm.weight"] = block.norm2.weight
+        out[f"{p}post_attention_layernorm.weight"] = getattr(block.norm2, "norm", block.norm2).weight  # MoE: Float32Norm
         for name in "qkvo":
             out[f"{p}self_attn.{name}_proj.weight"] = getattr(block.attn, name).weight
         ffn = block.ffn
