@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.memory_model import BASE, SPREAD, make_case, measure_peaks
 from harness import memory_model
 from harness.config import Case, ModelConfig, MoEConfig
-
-from benchmarks.memory_model import BASE, SPREAD, make_case, measure_peaks
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux's")
 
