@@ -170,3 +170,28 @@ def test_moe_block_norm_feeds_the_router_in_float32():
     assert block.norm2(x).dtype == torch.float32
     logits, aux = net(torch.randint(0, 64, (2, 8)))
     assert logits.dtype == torch.bfloat16 and aux.dtype == torch.float32
+
+
+# ------------------------------------------------------------------ defaults and case ids
+
+
+def test_default_implementation_is_grouped_and_loop_stays_selectable():
+    """`loop` is the correctness reference; a suite that names no impl measures the fast one."""
+    assert MoEConfig().impl == "grouped"
+    model = build_model(Case(kind="moe", model=MODEL, moe=MoEConfig(num_experts=4), run=RunSettings()), "cpu")
+    assert {layer.impl_name for layer in model.modules() if isinstance(layer, MoELayer)} == {"grouped"}
+    assert MoEConfig(impl="loop").impl == "loop"
+
+
+@pytest.mark.parametrize("router,written", [
+    ("topk_softmax", dict(aux_loss_coef=0.01, renormalize=False, importance_loss_coef=0.0)),
+    ("sigmoid_bias", dict(aux_loss_coef=0.0, renormalize=True, importance_loss_coef=0.0)),
+])
+def test_a_null_router_setting_is_the_same_case_as_its_default_written_out(router, written):
+    """Ids stored when these settings were plain numbers (0.01, false, 0.0) still match."""
+    def case(**moe):
+        return Case(kind="moe", model=MODEL, moe=MoEConfig(router=router, **moe), run=RunSettings())
+
+    assert case().id == case(**written).id
+    assert case().id != case(**{**written, "aux_loss_coef": 0.02}).id
+    assert case().id != case(loss_reduction="mean").id
