@@ -276,9 +276,11 @@ def _build_peak(model: ModelConfig, moe: Optional[MoEConfig], width: int, device
 
 def case_estimate(case: Case, workload: str, device: str) -> Optional[int]:
     """Estimated peak bytes of `case` under a built-in workload as the worker runs it (decode prefills
-    `model.seq_len - run.decode_tokens` tokens); None for a user's own workload."""
+    `model.seq_len - run.decode_tokens` tokens), on one rank of its layout (its share of the batch and
+    of the experts); None for a user's own workload."""
     if workload not in (*TRAINING, "forward", "decode"):
         return None
     seq = case.model.seq_len - case.run.decode_tokens if workload == "decode" else case.model.seq_len
-    return math.ceil(memory_estimate(case.model, case.moe, case.run.batch_size, max(1, seq), case.run.dtype,
-                                     workload, device)["total"])
+    batch = case.run.batch_size // case.parallel.nproc
+    return math.ceil(memory_estimate(case.model, case.moe, batch, max(1, seq), case.run.dtype,
+                                     workload, device, case.parallel.expert)["total"])

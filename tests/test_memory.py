@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,14 @@ def test_every_row_carries_its_estimate_even_when_the_worker_died():
     assert row["memory_estimate_bytes"] == memory_model.case_estimate(auto, "train_step", "cuda")
     ran = result_row(case, "forward", WorkerResult(status="ok", row={"device": "cpu"}), Expansion(cases=[case]), "s", fingerprint)
     assert ran["memory_estimate_bytes"] == memory_model.case_estimate(case, "forward", "cpu")
+
+
+def test_a_multi_rank_rows_estimate_is_one_ranks_share():
+    """Each rank holds its share of the global batch and 1/ep of the experts; the row estimates one rank."""
+    from harness.config import ParallelConfig
+
+    case = make_case(BASE, dict(num_experts=8, top_k=2), 8)
+    ranked = case.model_copy(update={"parallel": ParallelConfig(nproc=4, expert=4)})
+    one_rank = memory_model.memory_estimate(case.model, case.moe, 2, workload="train_step", ep_size=4)["total"]
+    assert memory_model.case_estimate(ranked, "train_step", "cpu") == math.ceil(one_rank)
+    assert memory_model.case_estimate(ranked, "train_step", "cpu") < memory_model.case_estimate(case, "train_step", "cpu")
