@@ -15,9 +15,9 @@ from harness.errors import UserError
 
 def _add_suite_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     if optional:
-        p.add_argument("suite", nargs="?", help="path to a suite YAML file (optional with --resume)")
+        p.add_argument("suite", nargs="?", help="a suite YAML file or a shipped suite's name (optional with --resume)")
     else:
-        p.add_argument("suite", help="path to a suite YAML file")
+        p.add_argument("suite", help="a suite YAML file or a shipped suite's name (e.g. smoke, gpu-smoke)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override any suite key, e.g. model.d_model=128 or moe.capacity_factor=null (repeatable)",
@@ -62,7 +62,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_suite_args(p)
 
     p = sub.add_parser("plan", help="parameters, FLOPs and memory of each case, without building weights")
-    p.add_argument("suite", help="a suite YAML file or a preset name (e.g. mixtral-8x7b)")
+    p.add_argument("suite", help="a suite YAML file, a shipped suite's name or a preset name (e.g. mixtral-8x7b)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any suite key, e.g. moe.num_experts=64 (repeatable)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default table)")
@@ -155,6 +155,10 @@ def one_line(message: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "suite", None):
+        from harness import shipped
+
+        args.suite = shipped.resolve(args.suite)
     try:
         if args.command == "validate":
             from harness.commands import validate

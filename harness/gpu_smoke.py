@@ -1,4 +1,4 @@
-"""GPU smoke check: run suites/gpu-smoke.yaml on one CUDA GPU and print what matters for the question.
+"""GPU smoke check: run the shipped gpu-smoke suite on one CUDA GPU and print what matters for the question.
 
     python -m harness.gpu_smoke [--out DIR] [--set KEY=VALUE ...]
 
@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
 
-SUITE = Path(__file__).resolve().parent.parent / "suites" / "gpu-smoke.yaml"
+from harness import shipped
+
+SUITE = shipped.suite("gpu-smoke")  # suites/gpu-smoke.yaml, package data in a wheel
 
 
 def _fmt(value, spec: str) -> str:
