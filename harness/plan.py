@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from harness import accounting, memory_model, presets
 from harness.config import Case, ModelConfig, MoEConfig, ParallelConfig, RunSettings
 from harness.suite import SuiteError, apply_override, format_validation_error, load_suite
+from harness.sweep import dense_baseline, expand
 
 GIB = 2**30
 
@@ -86,8 +87,6 @@ def _parallel(case: Case, device: str) -> dict[str, Any]:
 
 
 def _suite_rows(path: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
-    from harness.sweep import expand
-
     suite = load_suite(path, overrides)
     expansion = expand(suite)
     by_id = expansion.by_id()
@@ -133,7 +132,7 @@ def _preset_case(name: str, overrides: tuple[str, ...]) -> Case:
 
 
 def _dense_layout(parallel: ParallelConfig, is_moe: bool) -> ParallelConfig:
-    """A dense model runs data parallel on the same ranks (as `run` derives its baselines)."""
+    """A dense preset runs data parallel on the same ranks, as a derived baseline does."""
     return parallel if is_moe else parallel.model_copy(update={"expert": 1})
 
 
@@ -143,8 +142,7 @@ def _preset_rows(name: str, overrides: tuple[str, ...]) -> list[dict[str, Any]]:
     rows = [_row(case, name)]
     if case.moe is not None:
         for rule in ("flop_matched", "param_matched"):
-            dense = Case(kind="dense", model=accounting.matched_dense(case.model, case.moe, rule), run=case.run, baseline=rule,
-                         parallel=_dense_layout(case.parallel, False))
+            dense = dense_baseline(case, rule)
             rows.append(_row(dense, f"{name} {rule.replace('_', '-')} dense", matched_to=case))
     peer = presets.info(name).dense_peer
     if peer is not None:

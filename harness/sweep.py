@@ -146,9 +146,10 @@ def _moe_case(suite: Suite, point: dict[str, Any]) -> Case:
         raise SuiteError(format_validation_error(err, prefix=_where(suite, point))) from None
 
 
-def _baseline(case: Case, rule: str) -> Case:
-    """The dense case `rule` derives for an MoE case (`accounting.matched_dense`); run settings that
-    only concern MoE layers are reset, so variants of one MoE configuration share their baseline."""
+def dense_baseline(case: Case, rule: str) -> Case:
+    """The dense case `rule` derives for an MoE case (`accounting.matched_dense`), for `run` and `plan`
+    alike; run settings that only concern MoE layers are reset, so variants of one MoE configuration
+    share their baseline, and it runs data parallel on the same ranks."""
     run = case.run.model_copy(update={"hf_experts_implementation": None})
     return Case(
         kind="dense",
@@ -176,7 +177,7 @@ def expand(suite: Suite) -> Expansion:
         add(case)
         out.baseline_of[case.id] = {}
         for rule in suite.baselines:
-            dense = _baseline(case, rule)
+            dense = dense_baseline(case, rule)
             _check_case(suite, point, dense)
             add(dense)
             out.baseline_of[case.id][rule] = dense.id
