@@ -29,17 +29,12 @@ _MEANED = ("load_cv", "max_mean_load", "router_entropy", "realized_capacity_fact
 
 
 def moe_layers(model: nn.Module) -> list[tuple[int, MoELayer]]:
-    """(transformer layer index, layer) for every MoE layer, in model order. A model from another
-    source (a Hugging Face one) lists its own objects with a `tally` through `routing_layers()`."""
+    """(transformer layer index, layer) for every MoE layer, in model order, as the model lists them
+    (`routing_layers()`: the harness's own and Hugging Face ones, whose objects carry a `tally`); a
+    bare module (one MoE layer in a test) numbers its MoE layers from 0."""
     if hasattr(model, "routing_layers"):
         return model.routing_layers()
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, MoELayer):
-            parts = name.split(".")
-            index = int(parts[parts.index("blocks") + 1]) if "blocks" in parts else len(found)
-            found.append((index, module))
-    return found
+    return list(enumerate(m for m in model.modules() if isinstance(m, MoELayer)))
 
 
 def reset(model: nn.Module) -> None:

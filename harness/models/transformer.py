@@ -84,8 +84,12 @@ class TransformerLM(nn.Module):
         elif isinstance(module, Experts):
             module.reset_parameters(std=0.02)
 
+    def routing_layers(self) -> list[tuple[int, MoELayer]]:
+        """(transformer layer index, MoE layer) for every MoE layer, in model order."""
+        return [(i, b.ffn) for i, b in enumerate(self.blocks) if b.is_moe]
+
     def moe_layers(self) -> list[MoELayer]:
-        return [b.ffn for b in self.blocks if b.is_moe]
+        return [layer for _, layer in self.routing_layers()]
 
     def make_caches(self, batch: int, device, dtype) -> list[KVCache]:
         """One KV cache per block, long enough for the model's full sequence."""
