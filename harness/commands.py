@@ -5,6 +5,7 @@ import argparse
 
 from harness.suite import load_suite
 from harness.sweep import expand
+from harness.text_table import text_table
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -24,10 +25,9 @@ def list_cases(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, tuple(args.overrides))
     expansion = expand(suite)
     ranks = any(case.parallel.nproc > 1 for case in expansion)
-    layout = f"  {'ranks':>5}  {'EP':>3}" if ranks else ""
-    header = f"{'case_id':<12}  {'kind':<5}  {'experts':>7}  {'top_k':>5}  {'cap':>7}  {'d_ff':>6}  {'params':>11}  {'active':>11}  {'MFLOP/tok':>10}{layout}  matched"
-    print(header)
-    print("-" * len(header))
+    headers = ["case_id", "kind", "experts", "top_k", "cap", "d_ff", "params", "active", "MFLOP/tok"]
+    headers += ["ranks", "EP"] if ranks else []
+    rows = []
     for case in expansion:
         summary = accounting.summary(case.model, case.moe)
         if case.moe is not None:
@@ -37,10 +37,10 @@ def list_cases(args: argparse.Namespace) -> int:
         else:
             cf, experts, top_k = "-", "-", "-"
             matched = f"{case.baseline} for " + ", ".join(expansion.serves.get(case.id, []))
-        layout = f"  {case.parallel.nproc:>5}  {case.parallel.expert:>3}" if ranks else ""
-        print(
-            f"{case.id:<12}  {case.kind:<5}  {experts:>7}  {top_k:>5}  {cf:>7}  {case.model.d_ff:>6}  "
-            f"{summary['params_total']:>11,}  {summary['params_active']:>11,}  {summary['flops_per_token'] / 1e6:>10.3f}{layout}  {matched}"
-        )
+        layout = [str(case.parallel.nproc), str(case.parallel.expert)] if ranks else []
+        rows.append([case.id, case.kind, experts, top_k, cf, str(case.model.d_ff), f"{summary['params_total']:,}",
+                     f"{summary['params_active']:,}", f"{summary['flops_per_token'] / 1e6:.3f}", *layout, matched])
+    for line in text_table([*headers, "matched"], rows, right=set(range(2, len(headers)))):
+        print(line)
     print(f"{len(expansion)} cases x {len(suite.workloads)} workloads = {len(expansion) * len(suite.workloads)} measurements")
     return 0

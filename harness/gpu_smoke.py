@@ -16,35 +16,27 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from harness import shipped
+from harness.text_table import cell, text_table
 
 SUITE = shipped.suite("gpu-smoke")  # suites/gpu-smoke.yaml, package data in a wheel
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None or pd.isna(value) else format(value, spec)
-
-
 def rows_table(frame: pd.DataFrame) -> str:
-    lines = [f"{'case_id':<13}{'kind':<6}{'k':>3} {'workload':<11}{'tokens/s':>12}{'MFU':>8}{'J/token':>12}{'W':>8}  energy_source"]
-    for _, r in frame.sort_values(["workload", "kind", "case_id"]).iterrows():
-        lines.append(
-            f"{r['case_id']:<13}{r['kind']:<6}{_fmt(r.get('top_k'), '.0f'):>3} {r['workload']:<11}"
-            f"{_fmt(r.get('tokens_per_s'), ',.0f'):>12}{_fmt(r.get('mfu'), '.1%'):>8}"
-            f"{_fmt(r.get('energy_j_per_token'), '.3g'):>12}{_fmt(r.get('avg_power_w'), '.0f'):>8}  {r.get('energy_source')}"
-        )
-    return "\n".join(lines)
+    headers = ["case_id", "kind", "k", "workload", "tokens/s", "MFU", "J/token", "W", "energy_source"]
+    rows = [[r["case_id"], r["kind"], cell(r.get("top_k"), ".0f"), r["workload"], cell(r.get("tokens_per_s"), ",.0f"),
+             cell(r.get("mfu"), ".1%"), cell(r.get("energy_j_per_token"), ".3g"), cell(r.get("avg_power_w"), ".0f"),
+             str(r.get("energy_source"))]
+            for _, r in frame.sort_values(["workload", "kind", "case_id"]).iterrows()]
+    return "\n".join(text_table(headers, rows, right={2, 4, 5, 6, 7}))
 
 
 def ratios_table(pairs: pd.DataFrame) -> str:
-    lines = ["MoE / FLOP-matched dense (throughput > 1 and J/token < 1 favour MoE):",
-             f"{'case_id':<13}{'k':>3} {'workload':<11}{'tokens/s x':>12}{'J/token x':>11}{'MFU moe':>9}"]
-    for _, r in pairs.sort_values(["workload", "case_id"]).iterrows():
-        lines.append(
-            f"{r['case_id']:<13}{_fmt(r.get('top_k'), '.0f'):>3} {r['workload']:<11}"
-            f"{_fmt(r.get('throughput_ratio'), '.3f'):>12}{_fmt(r.get('energy_per_token_ratio'), '.3f'):>11}"
-            f"{_fmt(r.get('mfu'), '.1%'):>9}"
-        )
-    return "\n".join(lines)
+    headers = ["case_id", "k", "workload", "tokens/s x", "J/token x", "MFU moe"]
+    rows = [[r["case_id"], cell(r.get("top_k"), ".0f"), r["workload"], cell(r.get("throughput_ratio"), ".3f"),
+             cell(r.get("energy_per_token_ratio"), ".3f"), cell(r.get("mfu"), ".1%")]
+            for _, r in pairs.sort_values(["workload", "case_id"]).iterrows()]
+    return "\n".join(["MoE / FLOP-matched dense (throughput > 1 and J/token < 1 favour MoE):",
+                      *text_table(headers, rows, right={1, 3, 4, 5})])
 
 
 def problems(frame: pd.DataFrame) -> list[str]:

@@ -19,6 +19,7 @@ from harness import accounting, memory_model, presets
 from harness.config import Case, ModelConfig, MoEConfig, ParallelConfig, RunSettings
 from harness.suite import SuiteError, apply_override, format_validation_error, load_suite
 from harness.sweep import dense_baseline, expand
+from harness.text_table import cell, text_table
 
 GIB = 2**30
 
@@ -184,9 +185,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         matched = f"{r['baseline']} ({r['match_error']:.2%} off)" if r["baseline"] and r["match_error"] is not None else ""
         cells = [
-            r["case_id"], r["name"], r["kind"],
-            "-" if r["experts"] is None else str(r["experts"]),
-            "-" if r["top_k"] is None else str(r["top_k"]),
+            r["case_id"], r["name"], r["kind"], cell(r["experts"]), cell(r["top_k"]),
             str(r["d_ff"]), _human(r["params_total"]), _human(r["params_active"]),
             f"{r['gflops_per_token']:.4g}", f"{r['train_gflops_per_token']:.4g}",
             _bytes(r["train_memory_gib"]), _bytes(r["inference_memory_gib"]), _bytes(r["decode_memory_gib"]),
@@ -198,10 +197,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 _bytes(r["grad_sync_bytes_per_rank_step"] / GIB),
             ]
         body.append(cells + [matched])
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines.append("-" * len(lines[0]))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
+    lines = text_table(headers, body)
     if rows:
         first = rows[0]
         lines.append(
