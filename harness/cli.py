@@ -155,7 +155,7 @@ def one_line(message: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "suite", None):
+    if args.command in ("run", "list", "validate", "plan") and args.suite:  # others: --suite filters by name
         from harness import shipped
 
         args.suite = shipped.resolve(args.suite)

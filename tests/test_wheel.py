@@ -31,6 +31,16 @@ def test_checkout_links_the_one_suites_folder():
     assert shipped.names() == sorted(p.stem for p in (ROOT / "suites").glob("*.yaml"))
 
 
+def test_suite_arguments_take_a_shipped_name_and_paths_win(tmp_path, monkeypatch):
+    assert shipped.resolve("gpu-smoke") == shipped.resolve("gpu-smoke.yaml") == str(shipped.suite("gpu-smoke"))
+    assert shipped.resolve("suites/nope.yaml") == "suites/nope.yaml" and shipped.resolve("nope") == "nope"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke.yaml").write_text("name: mine\n")
+    assert shipped.resolve("smoke.yaml") == "smoke.yaml"  # a file the user has wins over the shipped one
+    with pytest.raises(FileNotFoundError, match="shipped: .*smoke"):
+        shipped.suite("nope")
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[Path, Path]:
     """(python of a fresh venv holding the built wheel, the wheel). Dependencies come from this
