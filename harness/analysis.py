@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness import aa
 from harness.contracts import ContractError, RunInfo, read_run_info
 from harness.errors import UserError
 from harness.metrics import stability
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
+from harness.verdict import DEFAULT_MARGIN, Verdict, decide, disturbances, unreliable_sentence
 
 DTYPES: dict[str, str] = {name: column.dtype for name, column in COLUMNS.items()}
 """Every known result column and the pandas dtype `load` gives it (from the schema in `results.py`).
@@ -190,7 +192,7 @@ DENSE_COLUMNS = [
     "case_id", "status", "error", "d_ff", "params_total", "params_active", "flops_per_token",
     "train_flops_per_token", "tokens_per_s", "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high",
     "noisy", "peak_memory_bytes", "peak_memory_net_bytes", "energy_j_per_token", "energy_source", "achieved_tflops",
-    "val_loss", "unstable", "unstable_reason",
+    "val_loss", "unstable", "unstable_reason", "processes", "contended", "contention_reason",
 ]
 
 RATIOS = {
@@ -207,7 +209,8 @@ def better_above_one(ratio: str) -> bool:
     """Whether a `RATIOS` column above 1 favours the numerator, from its metric's direction in the schema."""
     return COLUMNS[RATIOS[ratio]].higher_is_better
 
-_BASELINE_ID_COLUMNS = {"flop_matched": ("matched_to", "param_matched_to"), "param_matched": ("param_matched_to", "matched_to")}
+_BASELINE_ID_COLUMNS = {"flop_matched": ("matched_to", "param_matched_to"), "param_matched": ("param_matched_to", "matched_to"),
+                        "aa_copy": ("matched_to",)}
 
 
 def safe_ratio(num: pd.Series, den: pd.Series) -> pd.Series:
@@ -215,13 +218,20 @@ def safe_ratio(num: pd.Series, den: pd.Series) -> pd.Series:
     return (num / den.where(den > 0)).where(num >= 0)
 
 
-def paired(df: pd.DataFrame, baseline: str = "flop_matched") -> pd.DataFrame:
-    """One row per MoE row with its dense baseline (same workload) and MoE/dense ratio columns.
+def paired(df: pd.DataFrame, baseline: str = "flop_matched", margin: float | None = None) -> pd.DataFrame:
+    """One row per MoE row with its dense baseline (same workload), MoE/dense ratio columns and a verdict.
 
     The result holds the MoE row's own columns, the baseline's `DENSE_COLUMNS` prefixed `dense_`,
     `dense_baseline` (the rule), the `RATIOS` columns and throughput/latency ratio CIs. A ratio is
     NaN unless both rows are 'ok' and both values were measured; MoE rows without a measured
     baseline are kept (ratios NaN).
+
+    `verdict` (faster | slower | same | unreliable; empty when the pair was not measured) and
+    `verdict_reason` come from `harness.verdict.decide` on the throughput ratio's CI and both rows'
+    `contended`/`unstable` flags. Its equivalence margin is `margin`, else the run's A/A spread when
+    the run calibrated (`calibrate: aa`), else `verdict.DEFAULT_MARGIN`.
+
+    `baseline='aa_copy'` pairs each A/A copy (left, as 'MoE') with the case it copies ('dense_' columns).
 
     Throughput-ratio CI: the run's interleaved `throughput_ratio_ci_low/high` when present
     (`throughput_ratio_ci_method='interleaved'`); otherwise the box of the two latency CIs,
@@ -232,8 +242,11 @@ def paired(df: pd.DataFrame, baseline: str = "flop_matched") -> pd.DataFrame:
     """
     if baseline not in _BASELINE_ID_COLUMNS:
         raise ValueError(f"baseline must be one of {sorted(_BASELINE_ID_COLUMNS)}, got {baseline!r}")
-    moe = df[df["kind"] == "moe"].copy()
-    dense = df[(df["kind"] == "dense") & (df["baseline"] == baseline)]
+    originals = (df["kind"] == "moe") & df["baseline"].isna()
+    if baseline == "aa_copy":
+        moe, dense = df[df["baseline"] == "aa_copy"].copy(), df[originals]
+    else:
+        moe, dense = df[originals].copy(), df[(df["kind"] == "dense") & (df["baseline"] == baseline)]
     dense = dense.drop_duplicates(["case_id", "workload"], keep="last")
     dense_ids = set(dense["case_id"].dropna())
 
@@ -258,7 +271,44 @@ def paired(df: pd.DataFrame, baseline: str = "flop_matched") -> pd.DataFrame:
     for ratio, metric in RATIOS.items():
         out[ratio] = safe_ratio(_col(out, metric), _col(out, f"dense_{metric}")).where(both_ok)
     _ratio_cis(out, both_ok)
+    if margin is None and baseline != "aa_copy" and (df["baseline"] == "aa_copy").any():
+        out.attrs["aa"] = aa.summarize(paired(df, "aa_copy"))
+        margin = aa.margin_from(out.attrs["aa"], DEFAULT_MARGIN)
+    out.attrs["verdict_margin"] = DEFAULT_MARGIN if margin is None else margin
+    _verdicts(out, both_ok, out.attrs["verdict_margin"])
     return out.reset_index(drop=True)
+
+
+def main_rule(df: pd.DataFrame) -> str:
+    """The pairs a run is judged by: flop-matched when it derived them, else param-matched, else (an
+    A/A-only run) the A/A copies."""
+    rules = set(df["baseline"].dropna().astype(str))
+    return next((r for r in ("flop_matched", "param_matched", "aa_copy") if r in rules), "flop_matched")
+
+
+def _verdicts(out: pd.DataFrame, both_ok: pd.Series, margin: float) -> None:
+    """`verdict`, `verdict_reason` and (when unreliable) `verdict_cause` per pair: the one rule
+    (harness.verdict) on the throughput ratio and both rows' disturbance flags."""
+    found: list[Verdict | None] = []
+    for ok, (_, row) in zip(both_ok, out.iterrows()):
+        if not ok:
+            side, state = ("MoE case", row.get("status")) if row.get("status") != "ok" else ("baseline", row.get("dense_status"))
+            found.append(Verdict(pd.NA, f"not measured: {side} {'missing' if pd.isna(state) else state}"))
+            continue
+        disturbed = disturbances(row, "MoE") + disturbances(row, "baseline", prefix="dense_")
+        found.append(decide(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"],
+                            margin=margin, disturbed=disturbed))
+    out["verdict"] = pd.array([v.verdict for v in found], dtype=STRING)
+    out["verdict_reason"] = pd.array([v.reason for v in found], dtype=STRING)
+    out["verdict_cause"] = pd.array([v.cause for v in found], dtype=STRING)
+
+
+def verdict_of(row: pd.Series) -> Verdict | None:
+    """A `paired` row's verdict as a `Verdict` (None when the pair was not measured), for summaries."""
+    if pd.isna(row.get("verdict")):
+        return None
+    cause = row.get("verdict_cause")
+    return Verdict(str(row["verdict"]), str(row.get("verdict_reason") or ""), None if pd.isna(cause) else str(cause))
 
 
 def throughput_ratio_bounds(
@@ -356,3 +406,23 @@ def coverage(df: pd.DataFrame, column: str) -> tuple[int, int, str | None]:
         reasons = sorted({str(v) for v in missing[source].dropna() if str(v).strip()})
     return measured, len(ok), "; ".join(reasons) or "not measured on this run"
 
+
+def trust_notes(pairs: pd.DataFrame, df: pd.DataFrame, info: RunInfo | None = None) -> list[str]:
+    """The sentences that belong above any verdict of a run: how many pairs are unreliable and what to
+    do, the A/A calibration when the run has one, and a calibration drift warning. Used by the end of
+    `run` and the top of the report, so both say the same."""
+    notes = []
+    verdicts = [verdict_of(row) for _, row in pairs.iterrows()] if len(pairs) else []
+    contended = df["contended"].fillna(False).astype(bool) if "contended" in df.columns else pd.Series(False, index=df.index)
+    loads = pd.concat([_col(df, "load_avg_start")[contended], _col(df, "load_avg_end")[contended]])
+    load = float(loads.max()) if loads.notna().any() else None
+    cores = info.fingerprint.get("cpu_count") if info is not None else None
+    sentence = unreliable_sentence(verdicts, load=load, cores=cores)
+    if sentence:
+        notes.append(sentence)
+    if "aa" in pairs.attrs:
+        notes.append(pairs.attrs["aa"].sentence() + f"; verdicts call changes within ±{pairs.attrs['verdict_margin']:.0%} 'same'.")
+    warning = ((info.speed if info is not None else None) or {}).get("warning")
+    if warning:
+        notes.append(f"Warning: {warning}.")
+    return notes

@@ -5,6 +5,10 @@
 
 Both happen in the runner, with no case running, so every case is measured against the same reference.
 The result is a `contracts.Calibration`, stored in run.json under `calibration`.
+
+Apart from these, a few short matmul probes at the start and again at the end of the run (run.json
+`speed`): their spread is this machine's noise right now, and a change between start and end beyond it
+is a warning that rows measured early and late may not compare.
 """
 from __future__ import annotations
 
@@ -69,3 +73,40 @@ def _cuda0() -> Any:
     import torch
 
     return torch.device("cuda", 0)
+
+
+SPEED_PROBES = 5
+DRIFT_FLOOR = 0.10
+"""The run's start and end probes must differ by more than this (and than their own spread) to warn."""
+
+
+def speed_probes(threads: int, probes: int = SPEED_PROBES, seconds: float = 0.05) -> list[float]:
+    """A few short matmul probes (GFLOP/s) at the workers' thread count."""
+    import torch
+
+    from harness.metrics.contention import matmul_probe
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return [round(matmul_probe(seconds), 2) for _ in range(probes)]
+    finally:
+        torch.set_num_threads(before)
+
+
+def speed_drift(start: list[float], end: list[float]) -> dict[str, Any]:
+    """{'drift': end / start - 1 of the medians, 'spread': the larger relative range of the two series,
+    'warning': a sentence when the machine's speed changed by more than that spread (and DRIFT_FLOOR)}."""
+    import statistics
+
+    if not start or not end:
+        return {"drift": None, "spread": None, "warning": None}
+    s, e = statistics.median(start), statistics.median(end)
+    spread = max((max(x) - min(x)) / statistics.median(x) for x in (start, end))
+    drift = e / s - 1
+    warning = None
+    if abs(drift) > max(spread, DRIFT_FLOOR):
+        warning = (f"the calibration matmul ran at {e / s:.2f}x its start speed at the end of the run "
+                   f"({s:.0f} -> {e:.0f} GFLOP/s, beyond its {spread:.0%} spread): the machine's speed changed "
+                   "during the run, so rows measured early and late may not compare")
+    return {"drift": drift, "spread": spread, "warning": warning}

@@ -1,4 +1,4 @@
-"""Command line front end: `python -m harness {run,list,validate,plan,report,compare,merge,ab,history,trends,export,machine} ...`.
+"""Command line front end: `python -m harness {run,aa,list,validate,plan,report,compare,merge,ab,history,trends,export,machine} ...`.
 
 Each command's work lives in its own module; this file only parses arguments and maps
 user-fixable errors (UserError) to one message and exit code 2.
@@ -41,19 +41,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="print the harness version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="expand a suite and measure every case")
-    _add_suite_args(p, optional=True)
-    p.add_argument("--out", help="output folder (default: reports/<suite>-<timestamp>)")
-    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping measured cases")
-    p.add_argument("--rerun-failed", action="store_true", help="with --resume: run failed cases again")
-    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
-    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some cases failed")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
-    p.add_argument("--record", metavar="HISTORY",
-                   help="when the run ends, append it to this history (an SQLite file, or a folder/ of files)")
-    verbosity = p.add_mutually_exclusive_group()
-    verbosity.add_argument("--quiet", action="store_true", help="print only the final summary")
-    verbosity.add_argument("--verbose", action="store_true", help="also print worker logs")
+    for name, text in (("run", "expand a suite and measure every case"),
+                       ("aa", "A/A calibration: measure each MoE case of a suite against an identical copy of itself")):
+        p = sub.add_parser(name, help=text)
+        _add_suite_args(p, optional=True)
+        p.add_argument("--out", help="output folder (default: reports/<suite>-<timestamp>)")
+        p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping measured cases")
+        p.add_argument("--rerun-failed", action="store_true", help="with --resume: run failed cases again")
+        p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
+        p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some cases failed")
+        p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+        p.add_argument("--record", metavar="HISTORY",
+                       help="when the run ends, append it to this history (an SQLite file, or a folder/ of files)")
+        verbosity = p.add_mutually_exclusive_group()
+        verbosity.add_argument("--quiet", action="store_true", help="print only the final summary")
+        verbosity.add_argument("--verbose", action="store_true", help="also print worker logs")
 
     p = sub.add_parser("list", help="print the expanded cases without running them")
     _add_suite_args(p)
@@ -71,12 +73,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run folder, or two to compare (before, after)")
     p.add_argument("--out", help="where to write the comparison report (two runs)")
 
-    p = sub.add_parser("compare", help="compare a run with a stored baseline; exit 1 on a regression (nightly CI)")
+    p = sub.add_parser("compare", help="compare a run with a stored baseline; exit 1 on a regression, 3 when inconclusive (nightly CI)")
     p.add_argument("run", metavar="RUN_DIR", help="the run folder to judge")
     p.add_argument("--baseline", metavar="DIR_OR_FILE", help="a run folder or a file under baselines/")
     p.add_argument("--save-baseline", metavar="FILE", help="instead of comparing, store RUN_DIR as a baseline file (e.g. baselines/nightly-cpu.json)")
-    p.add_argument("--threshold", type=float, default=0.10, help="relative slowdown that counts as a regression (default 0.10)")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test (default 0.01)")
+    p.add_argument("--threshold", type=float, default=0.10, help="relative slowdown that counts as a regression (default 0.10; the A/A spread when larger)")
+    p.add_argument("--alpha", type=float, default=0.05, help="1 - the confidence level of the intervals that decide (default 0.05: 95%%)")
+    p.add_argument("--aa", metavar="RUN_DIR", help="take the A/A spread from this run (made by `python -m harness aa`)")
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table",
                    help="output format (default table; markdown for a CI job summary)")
     p.add_argument("--allow-mismatch", action="store_true", help="compare even when environment fingerprints differ")
@@ -172,6 +175,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.runner import main as run_main
 
             return run_main(args)
+        if args.command == "aa":
+            from harness.aa import main as aa_main
+
+            return aa_main(args)
         if args.command == "plan":
             from harness.plan import main as plan_main
 

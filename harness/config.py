@@ -23,6 +23,8 @@ RoutingMode = Literal["learned", "balanced", "skewed"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 BaselineKind = Literal["flop_matched", "param_matched"]
+CaseBaseline = Literal["flop_matched", "param_matched", "aa_copy"]
+"""A derived case's rule; 'aa_copy' is an identical copy of an MoE case, measured as its own baseline (A/A)."""
 CorpusName = Literal["pydoc", "kjv"]
 Backend = Literal["auto", "gloo", "nccl"]
 Source = Literal["native", "hf"]
@@ -238,7 +240,12 @@ class RunSettings(_Frozen):
         default=None, le=2**40, description="cap the worker's memory so a runaway case fails as 'oom' instead of taking the machine"
     )
     threads: Optional[PositiveInt] = Field(
-        default=None, le=4096, description="torch intra-op threads in each worker (default: torch's choice, usually the core count)"
+        default=1, le=4096,
+        description="torch intra-op threads in each worker; null: torch's choice (the core count). 1 by default: as fast as 2 for small models on 2 cores, and not slowed 3-5x by one other busy process",
+    )
+    processes: PositiveInt = Field(
+        default=2, le=100,
+        description="worker processes that time each (case, workload), interleaved across the suite; intervals include the spread between them. Not part of the case id",
     )
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate")
     measure_energy: bool = Field(default=True, description="run a separate energy pass after timing (NVML on GPU, RAPL on CPU)")
@@ -301,6 +308,10 @@ ROUTER_DEPENDENT = ("renormalize", "aux_loss_coef", "importance_loss_coef")
 """MoE settings whose null means the router's published default: `Case.id` hashes the value in effect, so
 a null and the same value written out are one case (and ids stored when these were plain numbers hold)."""
 
+NOT_MEASURED: dict[str, set[str]] = {"run": {"processes"}}
+"""Settings that say how often a case is measured, not what is measured: never part of its id, so runs
+with different counts (and their stored baselines) compare case by case."""
+
 
 class Case(_Frozen):
     """One fully resolved model to measure. Baselines are ordinary cases with kind='dense'."""
@@ -309,8 +320,8 @@ class Case(_Frozen):
     model: ModelConfig
     moe: Optional[MoEConfig] = None
     run: RunSettings
-    baseline: Optional[BaselineKind] = Field(
-        default=None, description="for a derived dense case: which matching rule produced it"
+    baseline: Optional[CaseBaseline] = Field(
+        default=None, description="for a derived case: which rule produced it (a dense baseline, or an A/A copy)"
     )
     parallel: ParallelConfig = ParallelConfig()
 
@@ -344,8 +355,9 @@ class Case(_Frozen):
     @property
     def id(self) -> str:
         """Hash of the config. Settings added after ids were first stored (`ADDED_LATER`) are left out while
-        at their defaults, so a case that does not use them keeps the id it always had."""
-        data = self.model_dump(mode="json")
+        at their defaults, so a case that does not use them keeps the id it always had; settings that say
+        how often a case is measured, not what (`NOT_MEASURED`), are always left out."""
+        data = self.model_dump(mode="json", exclude=NOT_MEASURED)
         if self.moe is not None:
             data["moe"].update({name: self.moe.setting(name) for name in ROUTER_DEPENDENT})
         for section, names in ADDED_LATER.items():

@@ -55,6 +55,7 @@ class WorkerJob(_Record):
     workload: str
     context: Calibration = Field(default_factory=Calibration)
     pair_with: Optional[Case] = Field(default=None, description="time this case interleaved with `case`")
+    process: int = Field(default=1, ge=1, description="which of the case's run.processes this worker is")
 
 
 class WorkerResult(_Record):
@@ -66,6 +67,7 @@ class WorkerResult(_Record):
     steps: list[dict[str, Any]] = Field(default_factory=list)
     samples_a: list[float] = Field(default_factory=list, description="interleaved pair: the first case's step times")
     samples_b: list[float] = Field(default_factory=list, description="interleaved pair: the second case's step times")
+    contention: dict[str, Any] = Field(default_factory=dict, description="interleaved pair: the contention columns")
 
 
 class RunInfo(_Record):
@@ -81,6 +83,8 @@ class RunInfo(_Record):
     calibration: Optional[Calibration] = None
     merged_from: Optional[list[str]] = None
     incomplete: Optional[list[str]] = None
+    speed: Optional[dict[str, Any]] = Field(default=None, description="calibration matmul probes at the start and end")
+    aa: Optional[dict[str, Any]] = Field(default=None, description="A/A calibration summary, with calibrate: aa")
 
     @field_validator("suite", "fingerprint", "overrides", "suite_yaml", mode="before")
     @classmethod

@@ -75,6 +75,15 @@ def fingerprint() -> dict[str, Any]:
     return info
 
 
+def worker_threads(cases: Any) -> int | list[int]:
+    """The intra-op thread count(s) the run's workers use (run.threads, else torch's default here):
+    the fingerprint's `threads`, since the runner's own count says nothing about the measurements."""
+    import torch
+
+    used = sorted({c.run.threads or torch.get_num_threads() for c in cases})
+    return used[0] if len(used) == 1 else used
+
+
 def comparable(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The fingerprint keys on which two runs differ (empty: safe to compare)."""
     return [k for k in COMPARABLE_KEYS if a.get(k) != b.get(k)]

@@ -82,6 +82,7 @@ def run_job(
     context: Calibration | None = None,
     pair_with: Case | None = None,
     code: Path | None = None,
+    process: int = 1,
 ) -> WorkerResult:
     """Run one worker; always returns a result with a status, whatever happened to the worker.
 
@@ -89,12 +90,14 @@ def run_job(
     `ab --base-ref/--head-ref`) instead of this one.
 
     With `pair_with`, the worker times the two cases interleaved and returns both sides' samples.
+    `process` numbers the worker among the case's run.processes (its own log file past the first).
     """
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
-    suffix = f"-interleaved-{pair_with.id}" if pair_with else ""
+    suffix = (f"-interleaved-{pair_with.id}" if pair_with else "") + (f"-p{process}" if process > 1 else "")
     log_path = logs / f"{job.case.id}-{job.workload}{suffix}.log"
-    payload = WorkerJob(case=job.case, workload=job.workload, context=context or Calibration(), pair_with=pair_with)
+    payload = WorkerJob(case=job.case, workload=job.workload, context=context or Calibration(), pair_with=pair_with,
+                        process=process)
     with tempfile.TemporaryDirectory(prefix=f"{JOB_PREFIX}{os.getpid()}-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(payload.model_dump_json())

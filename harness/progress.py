@@ -42,7 +42,7 @@ class Progress:
         if self._live is not None:
             self._live.update(self._task, description=f"{case_id} {kind:5} {workload}")
 
-    def finish(self, row: dict[str, Any], seconds: float) -> None:
+    def finish(self, row: dict[str, Any], seconds: float, note: str = "") -> None:
         self.done += 1
         self.finished_here += 1
         if self.quiet:
@@ -51,6 +51,10 @@ class Progress:
             what = f"{row.get('tokens_per_s', float('nan')):,.0f} tok/s"
         else:
             what = f"{row['status'].upper()}: {row.get('error')}"
+        if note:
+            what += f", {note}"
+        if row.get("contended"):
+            what += f" [contended: {row.get('contention_reason')}]"
         line = f"[{self.done}/{self.total}] {row['case_id']} {row['kind']:5} {row['workload']:<10} {what} ({seconds:.1f} s)"
         if self._live is not None:
             self._live.console.print(line, markup=False, highlight=False)

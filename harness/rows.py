@@ -57,7 +57,7 @@ def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str,
         )
         if main_rule is not None:
             dense = by_id[baselines[main_rule]]
-            dense_flops = accounting.summary(dense.model, None)["flops_per_token"]
+            dense_flops = accounting.summary(dense.model, dense.moe)["flops_per_token"]
             row["baseline_flops_per_token"] = dense_flops
             if main_rule == "flop_matched":
                 row["flop_match_error"] = accounting.match_error(dense_flops, own["flops_per_token"])

@@ -14,15 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import safe_yaml
-from harness.analysis import load
-from harness.calibration import calibrate
-from harness.config import Case
-from harness.contracts import RunInfo
-from harness.environment import comparable, fingerprint
+from harness import aa, safe_yaml
+from harness.analysis import load, paired
+from harness.calibration import calibrate, speed_drift, speed_probes
+from harness.contracts import Calibration, RunInfo, WorkerResult
+from harness.environment import comparable, fingerprint, worker_threads
 from harness.launch import Job, clean_stale_job_folders, run_job
 from harness.lock import RunLock, note_takeover
-from harness.metrics.statistics import ratio_ci
+from harness.pooling import INTERLEAVED, PER_PROCESS, interleaved_done, pool, processes_done, with_interleaved
 from harness.progress import Progress
 from harness.rows import result_row
 from harness.store import RunFolderError, RunStore
@@ -86,7 +85,8 @@ def _load(args: argparse.Namespace, here: dict[str, Any]) -> tuple[Suite, RunSto
             else:
                 if args.shard:
                     raise SuiteError("--resume continues a run as it was started: drop --out and --shard")
-                differs = comparable(meta.fingerprint, here)
+                workers = worker_threads(expand(build_suite(meta.suite, source=f"{folder}/run.json")))
+                differs = comparable(meta.fingerprint, {**here, "threads": workers})
                 if differs:
                     raise SuiteError(
                         f"--resume {folder}: this machine differs from the run's ({', '.join(differs)}); "
@@ -116,8 +116,9 @@ def _load(args: argparse.Namespace, here: dict[str, Any]) -> tuple[Suite, RunSto
 
 
 def _new_meta(suite: Suite, suite_yaml: str, overrides: list[str], shard: tuple[int, int] | None, here: dict[str, Any]) -> RunInfo:
+    """run.json of a new run; the fingerprint's `threads` is what the workers use, not the runner's count."""
     return RunInfo(suite=suite.model_dump(mode="json"), suite_yaml=suite_yaml, overrides=list(overrides),
-                   shard=shard, fingerprint=here, started=_now())
+                   shard=shard, fingerprint={**here, "threads": worker_threads(expand(suite))}, started=_now())
 
 
 def _rebuilt_meta(args: argparse.Namespace, store: RunStore, here: dict[str, Any]) -> RunInfo:
@@ -177,32 +178,38 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
     expansion = expand(suite)
     jobs = jobs_for(suite, expansion, shard)
     store.write_meta(meta)
-    done = store.done(include_failed=not args.rerun_failed)
-    todo = [job for job in jobs if job.key not in done]
+    stored = {(r["case_id"], r["workload"]): r for r in store.rows()
+              if not (args.rerun_failed and r.get("status") != "ok")}
+    todo = [job for job in jobs if not _finished(stored.get(job.key), job, suite)]
+    threads = _probe_threads(jobs)
+    speed = dict(meta.speed or {})
     interrupted = None
     try:
         context = calibrate([job.case for job in todo], previous=meta.calibration)
         meta.calibration = context
         meta.fingerprint["matmul_tflops"] = dict(context.matmul_tflops)
+        if todo:
+            speed.setdefault("start", speed_probes(threads))
+        meta.speed = speed
         store.write_meta(meta)
-        progress = Progress(total=len(jobs), done=len(jobs) - len(todo), quiet=args.quiet)
+        progress = Progress(total=sum(j.case.run.processes for j in jobs),
+                            done=sum(_units_done(stored.get(j.key), j, suite) for j in jobs), quiet=args.quiet)
         with progress:
-            for job in todo:
-                progress.start(job.case.id, job.case.kind, job.workload)
-                started = time.perf_counter()
-                result = run_job(job, store.root, echo_logs=args.verbose, context=context)
-                row = result_row(job.case, job.workload, result, expansion, suite.name, here)
-                for record in (*result.routing_layers, *result.steps):
-                    record.update(case_id=job.case.id, workload=job.workload)
-                store.append(row, result.routing_layers, result.steps)
-                if suite.interleave and job.case.kind == "moe" and row["status"] == "ok" and row.get("matched_to"):
-                    # stored once already, so an interrupt here loses only the ratio; the latest row wins
-                    row.update(_interleaved_ratio(job, expansion.by_id()[row["matched_to"]], store.root, args.verbose))
-                    store.append(row)
-                progress.finish(row, time.perf_counter() - started)
+            # rounds: process 1 of every job, then process 2 of every job (A1 B1 A2 B2, not A1 A2 B1 B2),
+            # so a slow spell of the machine lands in different jobs' processes, not in both of one job's
+            for process in range(1, max((j.case.run.processes for j in todo), default=0) + 1):
+                for job in todo:
+                    row = stored.get(job.key)
+                    if process > job.case.run.processes or (row is not None and row.get("status") != "ok"):
+                        continue
+                    stored[job.key] = _advance(job, row, process, store, expansion, suite, here, context, args, progress)
     except Interrupted as exc:
         interrupted = str(exc)
 
+    if todo and not interrupted and "start" in speed:
+        speed["end"] = speed_probes(threads)
+        speed.update(threads=threads, **speed_drift(speed["start"], speed["end"]))
+    meta.speed = speed or None
     meta.finished = _now()
     meta.interrupted = interrupted
     store.write_meta(meta)
@@ -214,7 +221,10 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
         print(f"no case to run (shard {shard[0]}/{shard[1]} of this suite is empty)" if shard else "no case to run")
         return 0
     frame = load(store.root)
-    print_summary(frame)
+    if (frame["baseline"] == "aa_copy").any():
+        meta.aa = aa.summarize(paired(frame, "aa_copy")).to_json()
+        store.write_meta(meta)
+    print_summary(frame, meta)
     if not args.no_report:
         _write_report(store.root)
     failed = int((frame["status"] != "ok").sum())
@@ -224,19 +234,83 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
     return 1 if failed and not args.allow_failures else 0
 
 
-def _interleaved_ratio(job: Job, baseline: Case, run_dir: Path, verbose: bool) -> dict[str, Any]:
-    """MoE throughput over its baseline's from alternating steps in one process, with a bootstrap CI."""
-    result = run_job(job, run_dir, echo_logs=verbose, pair_with=baseline)
-    if result.status != "ok":
-        return {"throughput_ratio_ci_method": f"unavailable: interleaved pair {result.status}: {result.error}"}
-    # equal tokens per step on both sides, so throughput ratio = dense latency / MoE latency
-    ratio, low, high = ratio_ci(result.samples_b, result.samples_a, seed=job.case.run.seed)
-    return {
-        "interleaved_throughput_ratio": ratio,
-        "throughput_ratio_ci_low": low,
-        "throughput_ratio_ci_high": high,
-        "throughput_ratio_ci_method": "interleaved",
-    }
+def _finished(row: dict[str, Any] | None, job: Job, suite: Suite) -> bool:
+    """A stored row needs nothing more: it failed, or every process (and interleaved process) ran.
+    A row from before processes were recorded counts as finished."""
+    if row is None:
+        return False
+    if row.get("status") != "ok" or PER_PROCESS not in row:
+        return True
+    if processes_done(row) < job.case.run.processes:
+        return False
+    done, failed = interleaved_done(row)
+    return not _interleaves(job, row, suite) or failed or done >= job.case.run.processes
+
+
+def _units_done(row: dict[str, Any] | None, job: Job, suite: Suite) -> int:
+    """Progress units (one per worker process of a job) a stored row accounts for."""
+    if _finished(row, job, suite):
+        return job.case.run.processes
+    return min(processes_done(row), job.case.run.processes)
+
+
+def _interleaves(job: Job, row: dict[str, Any], suite: Suite) -> bool:
+    return bool(suite.interleave and job.case.kind == "moe" and row.get("status") == "ok" and row.get("matched_to"))
+
+
+def _advance(job: Job, row: dict[str, Any] | None, process: int, store: RunStore, expansion: Expansion, suite: Suite,
+             fp: dict[str, Any], context: Calibration, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """Run what `process` of this job still lacks (the worker, then its interleaved pass) and store the
+    row pooled over every process so far; returns that row."""
+    parts = list((row or {}).get(PER_PROCESS) or [])
+    inter = list((row or {}).get(INTERLEAVED) or [])
+    total = job.case.run.processes
+    if len(parts) < process:
+        progress.start(job.case.id, job.case.kind, job.workload)
+        started = time.perf_counter()
+        result = run_job(job, store.root, echo_logs=args.verbose, context=context, process=process)
+        if result.status != "ok":
+            failed = result_row(job.case, job.workload, result, expansion, suite.name, fp)
+            if process > 1:
+                failed["error"] = f"process {process} of {total}: {failed.get('error')}"
+            store.append(failed)
+            progress.finish(failed, time.perf_counter() - started)
+            return failed
+        parts.append(result.row)
+        row = _pooled(job, parts, inter, expansion, suite, fp)
+        layers, steps = (result.routing_layers, result.steps) if process == 1 else ([], [])
+        for record in (*layers, *steps):
+            record.update(case_id=job.case.id, workload=job.workload)
+        store.append(row, layers, steps)
+        progress.finish(row, time.perf_counter() - started, note=f"process {process}/{total}" if total > 1 else "")
+    done, failed = interleaved_done(row)
+    if _interleaves(job, row, suite) and done < process and not failed:
+        # the row is stored already, so an interrupt here loses only this interleaved process
+        result = run_job(job, store.root, echo_logs=args.verbose, pair_with=expansion.by_id()[row["matched_to"]],
+                         process=process)
+        keep = ("samples_a", "samples_b", "contention") if result.status == "ok" else ("status", "error")
+        inter.append({key: getattr(result, key) for key in keep})
+        row = _pooled(job, parts, inter, expansion, suite, fp)
+        store.append(row)
+    return row
+
+
+def _pooled(job: Job, parts: list[dict[str, Any]], inter: list[dict[str, Any]], expansion: Expansion, suite: Suite,
+            fp: dict[str, Any]) -> dict[str, Any]:
+    row = result_row(job.case, job.workload, WorkerResult(status="ok", row=pool(parts, seed=job.case.run.seed)),
+                     expansion, suite.name, fp)
+    row[PER_PROCESS] = parts
+    return with_interleaved(row, inter, seed=job.case.run.seed)
+
+
+def _probe_threads(jobs: list[Job]) -> int:
+    """The thread count most workers run with: the run's calibration probes use it too."""
+    import collections
+
+    import torch
+
+    counts = collections.Counter(j.case.run.threads or torch.get_num_threads() for j in jobs)
+    return counts.most_common(1)[0][0] if counts else 1
 
 
 def _record(run_dir: Path, history: str) -> None:

@@ -17,9 +17,11 @@ import pandas as pd
 from harness.analysis import typed
 from harness.contracts import RunInfo, read_run_info
 from harness.errors import UserError
+from harness.pooling import INTERLEAVED, PER_PROCESS
 from harness.results import COLUMNS
 
-RAW_ONLY = ("samples_s",)
+RAW_ONLY = ("samples_s", PER_PROCESS, INTERLEAVED)
+"""Journal-only keys: raw samples and the per-process worker results a row was pooled from."""
 
 
 class RunFolderError(UserError):

@@ -11,7 +11,7 @@ import math
 import reprlib
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
 
@@ -92,6 +92,9 @@ class Suite(BaseModel):
     max_cases: PositiveInt = Field(
         default=DEFAULT_MAX_CASES,
         description="refuse the suite when its sweep points x (1 + baselines) exceed this, counted before anything is expanded; raise it deliberately for a big sweep",
+    )
+    calibrate: Optional[Literal["aa"]] = Field(
+        default=None, description="aa: also measure each MoE case against an identical copy of itself (A/A), so the run states this machine's false-verdict rate and ratio spread"
     )
 
     @field_validator("workloads")
@@ -334,10 +337,11 @@ def sweep_size(suite: Suite) -> int:
 
 def _check_size(suite: Suite) -> None:
     points = sweep_size(suite)
-    bound = points * (1 + len(suite.baselines))
+    derived = len(suite.baselines) + (suite.calibrate == "aa")  # an A/A copy per MoE case
+    bound = points * (1 + derived)
     if bound > suite.max_cases:
         raise SuiteError(
-            f"sweep: {points:,} sweep points x (1 + {len(suite.baselines)} baselines) = up to {bound:,} cases, over "
+            f"sweep: {points:,} sweep points x (1 + {derived} derived cases) = up to {bound:,} cases, over "
             f"max_cases ({suite.max_cases:,}); shrink the sweep or set max_cases (e.g. --set max_cases={bound})"
         )
 

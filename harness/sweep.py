@@ -1,5 +1,8 @@
 """Expand a suite into cases: the sweep grid and zip groups, then one derived dense baseline per rule.
 
+With `calibrate: aa` each MoE case also gets an identical copy (`baseline='aa_copy'`) whose
+baseline is the case itself: an A/A pair measured and judged exactly like a real one.
+
 Baselines are ordinary dense cases; an MoE configuration that needs the same dense model shares it
 (the case id is a hash of the config, so equal configs collapse to one case).
 """
@@ -176,6 +179,10 @@ def expand(suite: Suite) -> Expansion:
         _check_case(suite, point, case)
         add(case)
         out.baseline_of[case.id] = {}
+        if suite.calibrate == "aa":
+            twin = Case(kind="moe", model=case.model, moe=case.moe, run=case.run, baseline="aa_copy")
+            add(twin)
+            out.baseline_of[twin.id] = {"aa_copy": case.id}
         for rule in suite.baselines:
             dense = dense_baseline(case, rule)
             _check_case(suite, point, dense)

@@ -54,13 +54,14 @@ class Verdict:
         return self.verdict in (FASTER, SLOWER)
 
 
-def disturbances(row: Mapping[str, Any], side: str, prefix: str = "") -> list[Disturbance]:
+def disturbances(row: Mapping[str, Any], side: str, prefix: str = "", suffix: str = "") -> list[Disturbance]:
     """The disturbance flags of one result row (`contended`/`contention_reason` from the contention
-    measurement, `unstable`/`unstable_reason` from training-stability checks), where present."""
+    measurement, `unstable`/`unstable_reason` from training-stability checks), where present; `prefix`
+    and `suffix` name one side's columns in a joined table (e.g. 'dense_contended', 'contended_b')."""
     found = []
     for kind, flag, why in ((CONTENDED, "contended", "contention_reason"), (UNSTABLE, "unstable", "unstable_reason")):
-        if _true(row.get(prefix + flag)):
-            found.append(Disturbance(side, kind, _text(row.get(prefix + why))))
+        if _true(row.get(prefix + flag + suffix)):
+            found.append(Disturbance(side, kind, _text(row.get(prefix + why + suffix))))
     return found
 
 
@@ -100,7 +101,7 @@ def decide(
         better = (lo > null) == higher_is_better
         side = "above" if lo > null else "below"
         return Verdict(words[0] if better else words[1], f"{shown} {side} {null:g}")
-    what = f"{est:.2f}" if est is not None else "estimate"
+    what = f"{est:.3g}" if est is not None else "estimate"
     return Verdict(UNRELIABLE, f"{shown} around {what} includes {null:g} and reaches past {within}: too wide to tell",
                    WIDE)
 
@@ -135,7 +136,7 @@ def unreliable_sentence(
 
 
 def _interval(lo: float, hi: float, scale: str) -> str:
-    return f"CI [{lo:.2f}, {hi:.2f}]" if scale == "ratio" else f"CI [{lo:+.3g}, {hi:+.3g}]"
+    return f"CI [{lo:.3g}, {hi:.3g}]" if scale == "ratio" else f"CI [{lo:+.3g}, {hi:+.3g}]"
 
 
 def _num(value: Any) -> Optional[float]:

@@ -156,14 +156,18 @@ def build_and_probe(case: Case, workload_name: str, device: torch.device):
     return model, workload, first, window.close()
 
 
-def measure(case: Case, workload_name: str, context: Calibration | None = None) -> dict[str, Any]:
-    """The measured fields of a `WorkerResult`: the row's columns, per-layer routing and per-step losses."""
+def measure(case: Case, workload_name: str, context: Calibration | None = None, process: int = 1) -> dict[str, Any]:
+    """The measured fields of a `WorkerResult`: the row's columns, per-layer routing and per-step losses.
+    `process` says which of the case's run.processes this is: only the first runs the energy pass
+    (the others time the steps alone)."""
     from harness import accounting
-    from harness.metrics import energy, memory, nvml, stability, utilisation
+    from harness.metrics import contention, energy, memory, nvml, stability, utilisation
     from harness.metrics.statistics import summarize
     from harness.metrics.timing import time_steps
     from harness.models.compile import compile_seconds
 
+    context = context or Calibration()
+    first_process = process == 1
     device = resolve_device(case.run.device)
     limit_memory(case, device)
     compiling_before = compile_seconds() if case.run.compile else None
@@ -172,7 +176,10 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
     energy.cooldown(case.run.cooldown_s)
     gpu_start = nvml.gpu_state(device)
     memory.reset_peak(device)
-    timings = time_steps(workload.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s)
+    timings, disturbance = contention.watch(
+        lambda: time_steps(workload.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s),
+        device, torch.get_num_threads(),
+    )
     stats = summarize(timings.seconds, seed=case.run.seed)
     peak = memory.peak_memory(device)
 
@@ -195,10 +202,10 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
         **peak,
         **net_peak,
         **first["row"],
+        **disturbance,
         "samples_s": timings.seconds,
     }
     per_token = accounting.step_flops_per_token(case.model, case.moe, workload.training, workload.context_len)
-    context = context or Calibration()
     peak_tflops = utilisation.device_peak(
         device.type, row["device_name"], case.run.dtype, case.run.peak_tflops, context.matmul_tflops,
         threads=torch.get_num_threads(),
@@ -207,13 +214,13 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
 
     # Energy pass: separate from (and after) timing, so neither perturbs the other (docs/energy.md).
     idle = context.idle.get(device.type, IdlePower())
-    if case.run.measure_energy:
+    if case.run.measure_energy and first_process:
         row.update(energy.measure_energy(
             workload.step, device, workload.tokens_per_step, case.run.energy_window_s,
             idle.idle_power_w, idle.cpu_idle_power_w,
         ))
     else:
-        row.update(energy.skipped("run.measure_energy is false"))
+        row.update(energy.skipped("run.measure_energy is false" if first_process else "measured in the first process only"))
     row.update({f"{k}_start": v for k, v in gpu_start.items()})
     row.update({f"{k}_end": v for k, v in nvml.gpu_state(device).items()})
     row.update(workload.finish())
@@ -234,14 +241,18 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None) 
 def measure_interleaved(case: Case, other: Case, workload_name: str) -> dict[str, Any]:
     """Time two cases in one process, alternating steps (A B A B ...), so slow drifts of the machine
     hit both sides alike; used only for the ratio, never for memory or energy."""
+    from harness.metrics import contention
     from harness.metrics.timing import time_pair
 
     device = resolve_device(case.run.device)
     limit_memory(case, device)
     _, workload_a = prepare(case, workload_name, device)
     _, workload_b = prepare(other, workload_name, device)
-    a, b = time_pair(workload_a.step, workload_b.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s)
-    return {"samples_a": a, "samples_b": b}
+    (a, b), disturbance = contention.watch(
+        lambda: time_pair(workload_a.step, workload_b.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s),
+        device, torch.get_num_threads(),
+    )
+    return {"samples_a": a, "samples_b": b, "contention": disturbance}
 
 
 def write_result_atomic(path: Path, result: WorkerResult) -> None:
@@ -257,7 +268,7 @@ def main(argv: list[str]) -> int:
         if job.pair_with is not None:
             measured = measure_interleaved(job.case, job.pair_with, job.workload)
         else:
-            measured = measure(job.case, job.workload, job.context)
+            measured = measure(job.case, job.workload, job.context, job.process)
         result = WorkerResult(status="ok", **measured)
     except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case
         traceback.print_exc()

@@ -8,7 +8,8 @@
 #   BASELINE=FILE_OR_DIR  compare with one stored baseline (baselines/README.md); refused before the
 #                         suite runs when the baseline was measured on another machine class.
 # Exit status is compare's: 0 no regression (or bootstrap), 1 regression (or a case that failed or
-# vanished), 2 bad input or a baseline from another machine, 3 inconclusive (history mode).
+# vanished), 2 bad input or a baseline from another machine, 3 inconclusive (a side measured on a
+# busy machine, or a change too uncertain to call): re-run on a quiet machine.
 # Writes into $OUT, whatever happens (never an empty file: on a failure they say what failed):
 #   compare.md    for the CI job summary or a PR comment     compare.json  the same for machines
 #   report.html   the run's report                           pytest-benchmark.json  the run for

@@ -91,7 +91,11 @@ def test_heatmap_leaves_unmeasured_cells_blank_not_zero(report):
     assert grid.loc["cf1.25", 2] == pytest.approx(expected)
     texts = [t.get_text() for ax in ratio_heatmap(pairs, df).figure.axes for t in ax.texts]
     assert texts.count("n/a") == 2 and "0.00" not in texts
-    assert len([t for t in texts if re.fullmatch(r"\d\.\d\d", t)]) == 34
+    coloured = [t for t in texts if re.fullmatch(r"\d\.\d\d", t)]
+    grey = [t for t in texts if re.fullmatch(r"\d\.\d\d\nunreliable", t)]
+    assert len(coloured) + len(grey) == 34  # every measured cell is annotated
+    unreliable = pairs[pairs["num_experts"].notna() & (pairs["verdict"] == "unreliable")]
+    assert len(grey) == len(unreliable) > 0  # and never coloured when its verdict is unreliable
 
 
 def test_failed_cases_listed_with_reasons(report):

@@ -27,7 +27,7 @@ name: report-browser
 description: Tiny real run for the browser test <b>must stay plain text</b>
 model: {vocab_size: 64, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, seq_len: 16}
 moe: {num_experts: 2, top_k: 1, capacity_factor: 1.0, impl: loop}
-run: {batch_size: 2, warmup: 1, repeats: 3, timeout_s: 120, device: cpu}
+run: {batch_size: 2, warmup: 1, repeats: 3, timeout_s: 120, device: cpu, processes: 1}
 workloads: [forward]
 sweep: {grid: {moe.num_experts: [2, 4]}}
 """

@@ -34,7 +34,7 @@ FAULTY = """
 name: faulty
 model: {vocab_size: 32, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, seq_len: 8}
 moe: {num_experts: 2, top_k: 1, impl: loop}
-run: {batch_size: 1, warmup: 1, repeats: 1, timeout_s: 30, memory_limit_mb: 2500, device: cpu, measure_energy: false}
+run: {batch_size: 1, warmup: 1, repeats: 1, timeout_s: 30, memory_limit_mb: 2500, device: cpu, measure_energy: false, processes: 1}
 workloads: [forward, "tests.faults:raises", "tests.faults:allocates", "tests.faults:sleeps", "tests.faults:segfaults"]
 baselines: []
 """
@@ -43,7 +43,7 @@ SLOW = """
 name: slow
 model: {vocab_size: 32, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, seq_len: 8}
 moe: {num_experts: 4, top_k: 1, impl: loop}
-run: {batch_size: 1, warmup: 1, repeats: 2, device: cpu, measure_energy: false}
+run: {batch_size: 1, warmup: 1, repeats: 2, device: cpu, measure_energy: false, processes: 1}
 workloads: ["tests.faults:slow"]
 baselines: []
 sweep: {grid: {moe.top_k: [1, 2], moe.num_experts: [2, 4]}}
@@ -82,9 +82,13 @@ def test_end_to_end_files_and_columns(tiny_run):
         assert row["flop_match_error"] < 0.01
     steps = pd.read_csv(out / "steps.csv")
     assert set(steps["workload"]) == {"train_step"}
+    journal = {(r["case_id"], r["workload"]): r for r in RunStore(out).rows()}
     for (case_id, _), log in steps.groupby(["case_id", "workload"]):
         row = frame[(frame["case_id"] == case_id) & (frame["workload"] == "train_step")].iloc[0]
-        assert list(log["step"]) == list(range(len(log))) and len(log) >= 1 + row["warmup_iterations"] + row["repeats"]
+        # the step log is the first process's (later processes re-time the same seeded steps)
+        first = journal[(case_id, "train_step")]["process_rows"][0]
+        assert row["processes"] == len(journal[(case_id, "train_step")]["process_rows"]) == 2
+        assert list(log["step"]) == list(range(len(log))) and len(log) >= 1 + first["warmup_iterations"] + first["repeats"]
         assert log["loss"].iloc[0] == pytest.approx(row["train_loss"])
         if row["kind"] == "moe":
             assert log["aux_loss"].notna().all() and log["aux_loss"].iloc[0] == pytest.approx(row["aux_loss"])

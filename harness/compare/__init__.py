@@ -1,13 +1,18 @@
 """`python -m harness compare RUN --baseline DIR_OR_FILE`: has this run regressed against stored results?
 
-A timing change counts only when it is both large (beyond `--threshold`) and real: a two-sided
-Mann-Whitney U test on the raw per-step samples (p < `--alpha`) when both sides have at least
-`MIN_SAMPLES`, otherwise non-overlapping 95% intervals of the median (asv's fallback). Peak memory
-and energy per token are one number per side, with no noise estimate, so the threshold alone decides.
-Large changes that are not significant are still listed (asv#752: hiding them hides real noise).
+A timing change is judged by the one verdict rule (`harness.verdict.decide`) on the ratio of the
+two runs' median latencies, with a hierarchical bootstrap interval over each run's processes, then
+steps (`metrics.statistics.ratio_ci`). It is a regression only when it is real (the interval
+excludes no change), large (the estimate beyond `--threshold`, or beyond the A/A spread when a run
+calibrated one) and neither side was disturbed (`contended`/`unstable`). A disturbed side, or an
+interval that cannot rule out a change beyond the threshold, is inconclusive: a busy runner must
+not fail a build with a false regression, nor pass one it could not see. Peak memory is one number
+per side with no noise estimate, so the threshold alone decides; energy likewise, unless either side
+was contended.
 
 Exit status is the CI signal: 0 no regression, 1 regression (slower, bigger, a case that failed or
-vanished), 2 bad input or environments that may not be compared (never a silent mix).
+vanished), 2 bad input or environments that may not be compared (never a silent mix), 3 inconclusive
+(nothing regressed, but some timing was too noisy or too disturbed to decide).
 
 A baseline is either a run folder or a compact JSON file written by `--save-baseline` (see
 docs/compare.md for the format); both load into the same `Results`.
@@ -22,6 +27,7 @@ from harness.compare.decide import (
     FAILED,
     FIXED,
     IMPROVEMENT,
+    INCONCLUSIVE,
     METRICS,
     MISSING,
     NEW,
@@ -30,7 +36,6 @@ from harness.compare.decide import (
     REGRESSIONS,
     STILL_FAILING,
     UNCHANGED,
-    WORSE_INSIGNIFICANT,
     Comparison,
     Finding,
     Metric,
@@ -43,7 +48,7 @@ from harness.compare.render import render
 
 __all__ = [
     "BETTER_INSIGNIFICANT", "FAILED", "FIXED", "IMPROVEMENT", "METRICS", "MISSING", "NEW", "NOT_COMPARED",
-    "REGRESSION", "REGRESSIONS", "STILL_FAILING", "UNCHANGED", "WORSE_INSIGNIFICANT", "CaseResult", "CompareError",
+    "REGRESSION", "REGRESSIONS", "STILL_FAILING", "UNCHANGED", "INCONCLUSIVE", "CaseResult", "CompareError",
     "Comparison", "Finding", "Metric", "Results", "compare", "compare_case", "environment_mismatch", "load_results",
     "main", "read_baseline", "render", "run_comparison", "save_baseline",
 ]

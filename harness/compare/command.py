@@ -6,12 +6,13 @@ import math
 import sys
 from pathlib import Path
 
-from harness.analysis import RunError
+from harness.analysis import RunError, load_run_info
 from harness.compare.decide import Comparison, compare
 from harness.compare.matching import rekeyed_on_configuration
 from harness.compare.records import CompareError, Results
 from harness.compare.reference import load_results, save_baseline
 from harness.compare.render import render
+from harness.compare.values import as_number
 from harness.environment import comparable
 
 
@@ -37,8 +38,21 @@ def run_comparison(args: argparse.Namespace) -> Comparison:
                            + ". Measure the baseline on this machine, or pass --allow-mismatch")
     if not baseline.cases.keys() & current.cases.keys():  # e.g. runs that differ in a run.* setting
         current = rekeyed_on_configuration(baseline, current)
-    findings = compare(baseline, current, args.threshold, args.alpha)
-    return Comparison(baseline, current, args.threshold, args.alpha, findings, mismatch if args.allow_mismatch else [])
+    spreads = [r.aa_spread for r in (baseline, current) if r.aa_spread is not None]
+    if getattr(args, "aa", None):
+        spreads.append(_aa_spread_of(args.aa))
+    aa_spread = max(spreads) if spreads else None
+    findings = compare(baseline, current, max(args.threshold, aa_spread or 0.0), args.alpha)
+    return Comparison(baseline, current, args.threshold, args.alpha, findings, mismatch if args.allow_mismatch else [],
+                      aa_spread)
+
+
+def _aa_spread_of(path: str) -> float:
+    """The A/A spread of a run folder made with `calibrate: aa` or `python -m harness aa`."""
+    spread = as_number((load_run_info(path).aa or {}).get("spread"))
+    if spread is None:
+        raise CompareError(f"--aa {path}: no A/A spread in its run.json (run it with `python -m harness aa SUITE`)")
+    return spread
 
 
 def _save(args: argparse.Namespace) -> int:
@@ -76,4 +90,4 @@ def main(args: argparse.Namespace) -> int:
     if comparison.mismatch:
         print(f"warning: environments differ ({', '.join(comparison.mismatch)}); compared anyway", file=sys.stderr)
     sys.stdout.write(render(comparison, args.format))
-    return 1 if comparison.regressions else 0
+    return comparison.exit_code

@@ -1,17 +1,19 @@
 """The decision, pure: the metrics compared, the verdicts, and whether a change is large (beyond the
-threshold) and real (significant)."""
+threshold), real (its interval excludes no change) and measured on undisturbed runs.
+
+Timing is judged by the one verdict rule (`harness.verdict.decide`) on the ratio of the two runs'
+median latencies, with a hierarchical bootstrap interval over each run's processes, then steps."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+
+from typing import Any
 
 from harness.compare.records import CaseResult, Results
 from harness.compare.values import usable
-from harness.metrics.statistics import NOISY_RELATIVE_IQR
+from harness.metrics.statistics import NOISY_RELATIVE_IQR, ratio_ci
 from harness.results import COLUMNS
-
-MIN_SAMPLES = 5
-CI_LEVEL = "95%"
+from harness.verdict import FASTER, SAME, SLOWER, Disturbance, decide
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,8 @@ class Metric:
     """A result column compare decides on; its unit, direction and `*_source` come from the schema."""
 
     name: str
-    timing: bool  # decided by the latency samples' test; otherwise by the threshold alone
+    timing: bool  # decided by the samples' interval; otherwise by the threshold alone
+    disturbable: bool = False  # a contended or unstable side makes a large change inconclusive
 
     @property
     def unit(self) -> str:
@@ -39,17 +42,18 @@ METRICS = (
     Metric("latency_ms_median", timing=True),
     Metric("tokens_per_s", timing=True),
     Metric("peak_memory_bytes", timing=False),
-    Metric("energy_j_per_token", timing=False),
+    Metric("energy_j_per_token", timing=False, disturbable=True),
 )
 
 # Verdicts. The first three fail the comparison.
 REGRESSION, MISSING, FAILED = "regression", "missing", "failed"
-WORSE_INSIGNIFICANT, BETTER_INSIGNIFICANT = "worse, not significant", "better, not significant"
+INCONCLUSIVE = "inconclusive"
+BETTER_INSIGNIFICANT = "better, not significant"
 IMPROVEMENT, UNCHANGED, FIXED, STILL_FAILING, NEW, NOT_COMPARED = (
     "improvement", "unchanged", "fixed", "still failing", "new", "not compared")
 REGRESSIONS = (REGRESSION, MISSING, FAILED)
 NOISY_NOTE = "noisy timing"
-ORDER = (FAILED, MISSING, REGRESSION, WORSE_INSIGNIFICANT, STILL_FAILING, NOT_COMPARED, IMPROVEMENT,
+ORDER = (FAILED, MISSING, REGRESSION, INCONCLUSIVE, STILL_FAILING, NOT_COMPARED, IMPROVEMENT,
          BETTER_INSIGNIFICANT, FIXED, NEW, UNCHANGED)
 
 
@@ -64,10 +68,12 @@ class Finding:
     baseline: float | None
     current: float | None
     change: float | None  # current / baseline - 1
-    test: str  # how significance was decided
-    p_value: float | None
+    test: str  # how it was decided
+    p_value: float | None  # kept for the file formats; the interval decides
     verdict: str
     note: str = ""
+    ci_low: float | None = None  # interval of current / baseline (timing)
+    ci_high: float | None = None
 
     @property
     def regression(self) -> bool:
@@ -82,15 +88,29 @@ class Comparison:
     alpha: float
     findings: list[Finding]
     mismatch: list[str] = field(default_factory=list)
+    aa_spread: float | None = None
 
     @property
     def regressions(self) -> list[Finding]:
         return [f for f in self.findings if f.regression]
 
     @property
+    def inconclusive(self) -> list[Finding]:
+        return [f for f in self.findings if f.verdict == INCONCLUSIVE]
+
+    @property
+    def effective_threshold(self) -> float:
+        """The smallest change that can be a regression: the threshold, or the A/A spread when larger."""
+        return max(self.threshold, self.aa_spread or 0.0)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 3 if self.inconclusive else 0
+
+    @property
     def noisy_cases(self) -> int:
         """(case, workload) pairs whose timing was noisy on either side: a busy machine, verdicts to distrust."""
-        return len({(f.case_id, f.workload) for f in self.findings if f.note.startswith(NOISY_NOTE)})
+        return len({(f.case_id, f.workload) for f in self.findings if NOISY_NOTE in f.note})
 
     @property
     def timed_cases(self) -> int:
@@ -104,27 +124,47 @@ class Comparison:
 
 
 
-def timing_test(base: CaseResult, current: CaseResult, alpha: float) -> tuple[str, float | None, bool]:
-    """(method, p-value, significant) for the latency difference between two measurements of a case."""
-    if len(base.samples_ms) >= MIN_SAMPLES and len(current.samples_ms) >= MIN_SAMPLES:
-        try:
-            from scipy.stats import mannwhitneyu
-        except ImportError:  # scipy is a dependency; without it fall back to the intervals below
-            pass
-        else:
-            p = float(mannwhitneyu(base.samples_ms, current.samples_ms, alternative="two-sided").pvalue)
-            method = f"mann-whitney n={len(base.samples_ms)}/{len(current.samples_ms)}"
-            return method, (None if math.isnan(p) else p), (not math.isnan(p) and p < alpha)
-    bounds = (base.latency_ms_ci_low, base.latency_ms_ci_high, current.latency_ms_ci_low, current.latency_ms_ci_high)
-    if all(usable(b) for b in bounds):
-        b_lo, b_hi, c_lo, c_hi = bounds
-        apart = b_hi < c_lo or c_hi < b_lo
-        return f"{CI_LEVEL} CIs {'apart' if apart else 'overlap'}", None, apart
-    return "threshold only (no samples or CI)", None, True
+def timing_decision(base: CaseResult, current: CaseResult, threshold: float, confidence: float) -> dict[str, Any]:
+    """The verdict on a case's timing: current / baseline median latency with its hierarchical interval,
+    judged by `harness.verdict.decide` with the threshold as the band of 'same'."""
+    disturbed = ([Disturbance("baseline", d.kind, d.reason) for d in base.disturbed]
+                 + [Disturbance("current run", d.kind, d.reason) for d in current.disturbed])
+    if base.samples_ms and current.samples_ms:
+        ratio, low, high = ratio_ci(current.samples_ms, base.samples_ms, confidence=confidence)
+        method = f"hierarchical {confidence:.0%} CI, processes {len(base.samples_ms)}/{len(current.samples_ms)}"
+    else:  # a table without raw samples: the two rows' own intervals, as a box
+        b, c = base.latency_ms_median, current.latency_ms_median
+        bounds = (base.latency_ms_ci_low, base.latency_ms_ci_high, current.latency_ms_ci_low, current.latency_ms_ci_high)
+        if not all(usable(v) for v in (b, c, *bounds)):
+            return {"verdict": decide(None, None, None, disturbed=disturbed), "ratio": None, "low": None, "high": None,
+                    "method": "no samples or CI"}
+        ratio, low, high = c / b, bounds[2] / bounds[1], bounds[3] / bounds[0]
+        method = "box of the two 95% CIs (no samples)"
+    verdict = decide(ratio, low, high, higher_is_better=False, margin=threshold, disturbed=disturbed)
+    return {"verdict": verdict, "ratio": ratio, "low": low, "high": high, "method": method}
+
+
+def timing_finding_verdict(decision: dict[str, Any], threshold: float) -> tuple[str, str]:
+    """(compare verdict, note) from the timing decision: a regression is slower beyond the threshold;
+    whatever cannot rule out a slowdown beyond it (disturbed, too wide, slower by an uncertain amount)
+    is inconclusive."""
+    verdict, ratio, high = decision["verdict"], decision["ratio"], decision["high"]
+    if verdict.verdict == SAME:
+        return UNCHANGED, ""
+    if verdict.verdict == SLOWER:
+        if ratio > 1 + threshold:
+            return REGRESSION, ""
+        return INCONCLUSIVE, f"slower, possibly beyond the {threshold:.0%} threshold ({verdict.reason})"
+    if verdict.verdict == FASTER:
+        return (IMPROVEMENT if ratio < 1 / (1 + threshold) else UNCHANGED), ""
+    if verdict.cause in ("contended", "unstable") or high is None or high > 1 + threshold:
+        return INCONCLUSIVE, verdict.reason
+    better = ratio is not None and ratio < 1 / (1 + threshold)
+    return (BETTER_INSIGNIFICANT if better else UNCHANGED), verdict.reason
 
 
 def metric_finding(
-    metric: Metric, base: CaseResult, current: CaseResult, threshold: float, test: tuple[str, float | None, bool]
+    metric: Metric, base: CaseResult, current: CaseResult, threshold: float, decision: dict[str, Any]
 ) -> Finding | None:
     """The verdict on one metric of a case measured ok on both sides; None when neither side has it."""
     b, c = getattr(base, metric.name), getattr(current, metric.name)
@@ -141,16 +181,21 @@ def metric_finding(
         return Finding(**finding, change=None, test="-", p_value=None, verdict=NOT_COMPARED,
                        note=f"measured by {getattr(base, metric.source)} in the baseline, "
                             f"{getattr(current, metric.source)} now")
-    method, p, significant = test if metric.timing else ("threshold only", None, True)
+    if metric.timing:
+        verdict, note = timing_finding_verdict(decision, threshold)
+        low, high = decision["low"], decision["high"]
+        if metric.higher_is_better and low is not None and high is not None:  # tokens/s: the latency interval inverted
+            low, high = 1 / high, 1 / low
+        notes = "; ".join(n for n in (note, _noise_note(base, current)) if n)
+        return Finding(**finding, change=c / b - 1, test=decision["method"], p_value=None, verdict=verdict, note=notes,
+                       ci_low=low, ci_high=high)
     worse = b / c if metric.higher_is_better else c / b  # > 1 means worse, symmetric in log space
-    if worse > 1 + threshold:
-        verdict = REGRESSION if significant else WORSE_INSIGNIFICANT
-    elif worse < 1 / (1 + threshold):
-        verdict = IMPROVEMENT if significant else BETTER_INSIGNIFICANT
-    else:
-        verdict = UNCHANGED
-    return Finding(**finding, change=c / b - 1, test=method, p_value=p, verdict=verdict,
-                   note=_noise_note(base, current) if metric.timing else "")
+    disturbed = metric.disturbable and (base.disturbed or current.disturbed)
+    if disturbed and worse > 1 + threshold:
+        why = "; ".join(str(d) for d in (*base.disturbed, *current.disturbed))
+        return Finding(**finding, change=c / b - 1, test="threshold only", p_value=None, verdict=INCONCLUSIVE, note=why)
+    verdict = REGRESSION if worse > 1 + threshold else IMPROVEMENT if worse < 1 / (1 + threshold) else UNCHANGED
+    return Finding(**finding, change=c / b - 1, test="threshold only", p_value=None, verdict=verdict)
 
 
 def _noise_note(base: CaseResult, current: CaseResult) -> str:
@@ -183,13 +228,14 @@ def compare_case(base: CaseResult | None, current: CaseResult | None, threshold:
         return status(FAILED, f"{current.status}: {current.error or 'no error recorded'}")
     if not base.ok:
         return status(FIXED, f"{base.status} in the baseline, ok now")
-    test = timing_test(base, current, alpha)
-    found = (metric_finding(m, base, current, threshold, test) for m in METRICS)
+    decision = timing_decision(base, current, threshold, 1 - alpha)
+    found = (metric_finding(m, base, current, threshold, decision) for m in METRICS)
     return [f for f in found if f is not None]
 
 
-def compare(baseline: Results, current: Results, threshold: float = 0.10, alpha: float = 0.01) -> list[Finding]:
-    """All findings, most severe first; within a verdict, in baseline order then new cases."""
+def compare(baseline: Results, current: Results, threshold: float = 0.10, alpha: float = 0.05) -> list[Finding]:
+    """All findings, most severe first; within a verdict, in baseline order then new cases. `threshold`
+    is the smallest regression (pass `Comparison.effective_threshold` to honour an A/A spread)."""
     keys = list(baseline.cases) + [k for k in current.cases if k not in baseline.cases]
     findings = [f for k in keys for f in compare_case(baseline.cases.get(k), current.cases.get(k), threshold, alpha)]
     return sorted(findings, key=lambda f: ORDER.index(f.verdict))

@@ -5,7 +5,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.compare.values import as_number, as_text, case_label, round_sample
+from harness.compare.values import as_flag, as_number, as_text, case_label, groups_ms, round_sample
+from harness.verdict import Disturbance, disturbances
 
 Key = tuple[str, str]
 
@@ -33,7 +34,11 @@ class CaseResult:
     memory_source: str | None = None
     energy_j_per_token: float | None = None
     energy_source: str | None = None
-    samples_ms: tuple[float, ...] = ()
+    samples_ms: tuple[tuple[float, ...], ...] = ()  # per process, per step
+    contended: bool = False
+    contention_reason: str | None = None
+    unstable: bool = False
+    unstable_reason: str | None = None
 
     @property
     def key(self) -> Key:
@@ -43,11 +48,13 @@ class CaseResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def disturbed(self) -> list[Disturbance]:
+        return disturbances(asdict(self), "")
+
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> CaseResult:
-        """From a run row (rows.jsonl or a results table); `samples_s` become milliseconds."""
-        samples = row.get("samples_s")
-        samples_ms = tuple(float(s) * 1e3 for s in samples) if isinstance(samples, (list, tuple)) else ()
+        """From a run row (rows.jsonl or a results table); `samples_s` (per process) become milliseconds."""
         return cls(
             case_id=str(row["case_id"]), workload=str(row["workload"]), status=as_text(row.get("status")) or "unknown",
             kind=as_text(row.get("kind")), label=case_label(row), error=as_text(row.get("error")),
@@ -56,12 +63,16 @@ class CaseResult:
             latency_ms_ci_high=as_number(row.get("latency_ms_ci_high")),
             latency_ms_iqr=as_number(row.get("latency_ms_iqr")), peak_memory_bytes=as_number(row.get("peak_memory_bytes")),
             memory_source=as_text(row.get("memory_source")), energy_j_per_token=as_number(row.get("energy_j_per_token")),
-            energy_source=as_text(row.get("energy_source")), samples_ms=samples_ms,
+            energy_source=as_text(row.get("energy_source")), samples_ms=groups_ms(row.get("samples_s"), 1e3),
+            contended=as_flag(row.get("contended")), contention_reason=as_text(row.get("contention_reason")),
+            unstable=as_flag(row.get("unstable")), unstable_reason=as_text(row.get("unstable_reason")),
         )
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
-        record["samples_ms"] = [round_sample(s) for s in self.samples_ms]
+        record["samples_ms"] = [[round_sample(s) for s in group] for group in self.samples_ms]
+        record["contended"] = record["contended"] or None
+        record["unstable"] = record["unstable"] or None
         if self.peak_memory_bytes is not None:
             record["peak_memory_bytes"] = int(self.peak_memory_bytes)
         return {k: v for k, v in record.items() if v is not None and v != "" and v != []}
@@ -69,7 +80,8 @@ class CaseResult:
     @classmethod
     def from_json(cls, record: Any) -> CaseResult:
         """From a reference file's record. The file is user input, so every field is type-checked
-        (ValueError naming the field): text is text, numbers are finite numbers, never booleans."""
+        (ValueError naming the field): text is text, numbers are finite numbers, never booleans.
+        `samples_ms` holds a list per process (version 2) or one flat list (version 1: one process)."""
         if not isinstance(record, dict):
             raise ValueError(f"a case record must be an object, got {type(record).__name__}")
         values: dict[str, Any] = {}
@@ -78,9 +90,13 @@ class CaseResult:
                 continue
             value = record[name]
             if name == "samples_ms":
-                if not isinstance(value, list) or not all(_finite(v) for v in value):
-                    raise ValueError(f"samples_ms must be a list of finite numbers (case {record.get('case_id')!r})")
-                values[name] = tuple(float(v) for v in value)
+                nested = isinstance(value, list) and bool(value) and all(isinstance(g, list) for g in value)
+                groups = value if nested else [value]
+                if not all(isinstance(g, list) and all(_finite(v) for v in g) for g in groups):
+                    raise ValueError(f"samples_ms must be lists of finite numbers (case {record.get('case_id')!r})")
+                values[name] = groups_ms(value, 1.0)
+            elif name in ("contended", "unstable"):
+                values[name] = as_flag(value)
             elif spec.type.startswith("str") and not (isinstance(value, str) or (value is None and "None" in spec.type)):
                 raise ValueError(f"{name} must be text, got {type(value).__name__} (case {record.get('case_id')!r})")
             elif spec.type.startswith("float") and not (value is None or _finite(value)):
@@ -102,3 +118,4 @@ class Results:
     suite: str | None
     fingerprint: dict[str, Any]
     cases: dict[Key, CaseResult]
+    aa_spread: float | None = None  # the A/A ratio spread the run measured (`calibrate: aa`), if any

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from harness.analysis import load, load_run_info
 from harness.compare.records import CaseResult, CompareError, Results
-from harness.compare.values import plain, strict_json
+from harness.compare.values import as_number, plain, strict_json
 
 BASELINE_FORMAT = "moe-harness-baseline"
-BASELINE_VERSION = 1
+BASELINE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: one flat sample list per case (one process), no contention
 
 
 def load_results(path: str | Path) -> Results:
@@ -36,11 +37,13 @@ def _from_run(run_dir: Path) -> Results:
         rows = [{k: plain(v) for k, v in r.items()} for r in frame.to_dict("records")]
     cases = {}
     for row in rows:
+        if row.get("baseline") == "aa_copy":  # an A/A copy calibrates the run (its `aa` spread); not a case to track
+            continue
         result = CaseResult.from_row(row)
         cases[result.key] = result
     if not cases:
         raise CompareError(f"{run_dir}: the run has no result rows")
-    return Results(str(run_dir), info.suite_name, info.fingerprint, cases)
+    return Results(str(run_dir), info.suite_name, info.fingerprint, cases, as_number((info.aa or {}).get("spread")))
 
 
 def read_baseline(path: Path) -> Results:
@@ -52,8 +55,9 @@ def read_baseline(path: Path) -> Results:
         raise CompareError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
         raise CompareError(f"{path}: not a moe-harness baseline (write one with compare RUN --save-baseline FILE)")
-    if doc.get("version") != BASELINE_VERSION:
-        raise CompareError(f"{path}: baseline format version {doc.get('version')}, this harness reads {BASELINE_VERSION}")
+    if doc.get("version") not in READABLE_VERSIONS:
+        raise CompareError(f"{path}: baseline format version {doc.get('version')}, this harness reads "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}")
     for key, kind in (("cases", list), ("fingerprint", dict), ("suite", str)):
         if key in doc and not (isinstance(doc[key], kind) or (doc[key] is None and key != "cases")):
             raise CompareError(f"{path}: {key!r} must be a {kind.__name__}, got {type(doc[key]).__name__}")
@@ -61,7 +65,8 @@ def read_baseline(path: Path) -> Results:
         cases = [CaseResult.from_json(record) for record in doc["cases"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise CompareError(f"{path}: malformed case record ({exc})") from None
-    return Results(str(path), doc.get("suite"), doc.get("fingerprint") or {}, {c.key: c for c in cases})
+    return Results(str(path), doc.get("suite"), doc.get("fingerprint") or {}, {c.key: c for c in cases},
+                   as_number(doc.get("aa_spread")))
 
 
 def baseline_text(results: Results, created: str | None = None) -> str:
@@ -72,6 +77,7 @@ def baseline_text(results: Results, created: str | None = None) -> str:
         "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_run": results.source,
         "suite": results.suite,
+        "aa_spread": results.aa_spread,
         "fingerprint": strict_json(results.fingerprint),
     }
     head = json.dumps(header, indent=2, allow_nan=False)

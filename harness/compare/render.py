@@ -11,8 +11,8 @@ from harness.compare.records import Results
 from harness.compare.values import strict_json
 from harness.metrics.statistics import NOISY_RELATIVE_IQR
 
-COLUMNS = ("case_id", "label", "workload", "metric", "baseline", "current", "change", "test", "p_value", "verdict",
-           "note")
+COLUMNS = ("case_id", "label", "workload", "metric", "baseline", "current", "change", "ci_low", "ci_high", "test",
+           "verdict", "note")
 
 
 def render(comparison: Comparison, fmt: str) -> str:
@@ -28,7 +28,7 @@ def render(comparison: Comparison, fmt: str) -> str:
             writer.writerow(["" if v is None else v for v in (getattr(f, c) for c in COLUMNS)])
         return out.getvalue()
     rows = [_display(f) for f in comparison.findings]
-    headers = ["case", "workload", "metric", "baseline", "current", "change", "test", "p", "verdict"]
+    headers = ["case", "workload", "metric", "baseline", "current", "change", "CI of now/before", "verdict"]
     if fmt == "markdown":
         lines = [f"**{_headline(comparison)}**", "", _context(comparison), ""]
         if comparison.noisy_cases:
@@ -54,8 +54,17 @@ def render(comparison: Comparison, fmt: str) -> str:
 
 def _headline(c: Comparison) -> str:
     counts = "; ".join(f"{n} {verdict}" for verdict, n in c.counts().items())
-    state = "REGRESSION" if c.regressions else "no regression"
-    return f"{state} (threshold {c.threshold:.0%}, alpha {c.alpha:g}): {counts}"
+    state = "REGRESSION" if c.regressions else "INCONCLUSIVE" if c.inconclusive else "no regression"
+    if c.aa_spread is not None:
+        limit = (f"threshold {c.effective_threshold:.0%}: the larger of --threshold {c.threshold:.0%} and the "
+                 f"A/A spread {c.aa_spread:.1%}")
+    else:
+        limit = f"threshold {c.threshold:.0%}, no A/A spread measured"
+    text = f"{state} ({limit}; {1 - c.alpha:.0%} intervals): {counts}"
+    if not c.regressions and c.inconclusive:
+        text += (". Some timings were too disturbed or too noisy to decide (exit 3): re-run on an idle machine, "
+                 "or with more run.processes")
+    return text
 
 
 def _noise_warning(c: Comparison) -> str:
@@ -85,17 +94,21 @@ def _display(f: Finding) -> list[str]:
 
     case = f"{f.case_id} {f.label}".strip()
     change = "-" if f.change is None else f"{f.change:+.1%}"
-    p = "-" if f.p_value is None else f"{f.p_value:.2g}"
+    ci = "-" if f.ci_low is None or f.ci_high is None else f"[{f.ci_low:.3g}, {f.ci_high:.3g}]"
     metric = {"latency_ms_median": "latency ms", "tokens_per_s": "tokens/s", "peak_memory_bytes": "peak memory",
               "energy_j_per_token": "J/token"}.get(f.metric, f.metric)
-    return [case, f.workload, metric, value(f.baseline), value(f.current), change, f.test, p, f.verdict]
+    return [case, f.workload, metric, value(f.baseline), value(f.current), change, ci, f.verdict]
 
 
 def _json_doc(c: Comparison) -> dict[str, Any]:
     return strict_json({
         "regression": bool(c.regressions),
+        "inconclusive": bool(c.inconclusive),
+        "exit_code": c.exit_code,
         "summary": c.counts(),
         "threshold": c.threshold,
+        "aa_spread": c.aa_spread,
+        "effective_threshold": c.effective_threshold,
         "alpha": c.alpha,
         "baseline": {"source": c.baseline.source, "suite": c.baseline.suite},
         "current": {"source": c.current.source, "suite": c.current.suite},

@@ -15,6 +15,19 @@ def as_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def as_flag(value: Any) -> bool:
+    return as_text(value) is not None and str(value).strip().lower() in ("true", "1", "yes")
+
+
+def groups_ms(samples: Any, scale: float) -> tuple[tuple[float, ...], ...]:
+    """Per-process samples as stored (nested lists; a flat list is one process), scaled to ms."""
+    from harness.metrics.statistics import as_groups
+
+    if not isinstance(samples, (list, tuple)):
+        return ()
+    return tuple(tuple(float(v) * scale for v in group) for group in as_groups(samples))
+
+
 def usable(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and value > 0
 

@@ -34,8 +34,9 @@ STEAL_MAX = 0.05
 """Above this fraction of CPU time stolen by the hypervisor, the VM's cores were shared."""
 LOAD_SLACK = 0.5
 """Load average above cores + this: more runnable work than cores while the row was measured."""
-MATMUL_DRIFT_MAX = 0.25
-"""Calibration matmul after vs before the timed steps differing by more than this: the machine changed speed."""
+MATMUL_DRIFT_MAX = 0.5
+"""Calibration matmul after vs before the timed steps differing by more than this: the machine changed speed.
+A 50 ms probe varies by up to ~25% on an idle 2-core VM, so only a larger change counts."""
 GPU_THROTTLE_BITS = {
     0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
     0x80: "hw_power_brake_slowdown",
@@ -303,3 +304,18 @@ def merge_gpu(*states: GpuState) -> GpuState:
     counts = [s.other_processes for s in seen if s.other_processes is not None]
     throttle = tuple(dict.fromkeys(r for s in seen for r in s.throttle))
     return GpuState(max(counts) if counts else None, throttle)
+
+
+def watch(run: Callable[[], Any], device: Any, threads: int, probe_s: float = 0.05) -> tuple[Any, dict[str, Any]]:
+    """Run a timed pass between two readings (and two calibration probes); returns its result and
+    the contention columns of that window."""
+    cuda = getattr(device, "type", str(device)) == "cuda"
+    before = matmul_probe(probe_s, device=device)
+    gpu_start = gpu_state(device) if cuda else None
+    start = read()
+    result = run()
+    end = read()
+    gpu = merge_gpu(gpu_start, gpu_state(device)) if cuda else None
+    after = matmul_probe(probe_s, device=device)
+    verdict = judge(Window.between(start, end, threads), threads, cores(), before, after, gpu, busy_cores=not cuda)
+    return result, row_columns(verdict)

@@ -113,29 +113,32 @@ def pooled_median(groups: Groups) -> float:
     return float(np.median(np.concatenate(arrays))) if arrays else float("nan")
 
 
-def few_processes_factor(processes: int, confidence: float = 0.95) -> float:
+def few_processes_factor(processes: int, confidence: float = 0.95, dof: int | None = None) -> float:
     """How much to widen a bootstrap interval resampled over `processes` clusters.
 
     With few clusters the bootstrap sees too little between-process variance: it is biased low by
     (P-1)/P, and its spread is only estimated from P values, so a normal quantile is too small. The
     usual small-cluster fix (Cameron, Gelbach and Miller, 2008) scales by sqrt(P/(P-1)) and uses
-    Student's t with P-1 degrees of freedom instead of the normal quantile. 1 for a single process,
-    where there is nothing to correct (and no between-process variance in the interval).
+    Student's t with `dof` degrees of freedom (P-1; two independent sides: Pa+Pb-2) instead of the
+    normal quantile. 1 for a single process, where there is nothing to correct (and no
+    between-process variance in the interval).
     """
     if processes < 2:
         return 1.0
     from scipy.stats import norm, t
 
     q = 1 - (1 - confidence) / 2
-    return math.sqrt(processes / (processes - 1)) * float(t.ppf(q, processes - 1) / norm.ppf(q))
+    dof = processes - 1 if dof is None else dof
+    return math.sqrt(processes / (processes - 1)) * float(t.ppf(q, dof) / norm.ppf(q))
 
 
-def _interval(estimate: float, stats: np.ndarray, processes: int, confidence: float) -> tuple[float, float]:
+def _interval(estimate: float, stats: np.ndarray, processes: int, confidence: float,
+              dof: int | None = None) -> tuple[float, float]:
     """Percentile interval of `stats`, widened around `estimate` in log space (timings and their
     ratios are positive and skewed) by `few_processes_factor`."""
     alpha = (1 - confidence) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
-    factor = few_processes_factor(processes, confidence)
+    factor = few_processes_factor(processes, confidence, dof)
     if factor == 1.0 or not (estimate > 0 and low > 0):
         return float(low), float(high)
     centre = math.log(estimate)
@@ -167,7 +170,8 @@ def ratio_ci(
     (A B A B in one process): process i of the numerator ran in the same process as process i of the
     denominator, and step j of one next to step j of the other, so both sides reuse the same draws and
     what the two share (a slow process, a busy minute) cancels in the ratio. A flat list is one process.
-    The interval is widened for few processes as in `median_ci` (the smaller side's count).
+    The interval is widened for few processes as in `median_ci`: by the smaller side's count, with
+    P-1 degrees of freedom when paired and Pa+Pb-2 when the sides are independent.
     """
     a, b = as_groups(numerator), as_groups(denominator)
     if not a or not b:
@@ -179,4 +183,5 @@ def ratio_ci(
     vb, _, _ = _draw(b, rng, resamples, processes, steps) if paired else _draw(b, rng, resamples)
     ratios = np.nanmedian(va.reshape(resamples, -1), axis=1) / np.nanmedian(vb.reshape(resamples, -1), axis=1)
     estimate = pooled_median(a) / pooled_median(b)
-    return (estimate, *_interval(estimate, ratios, min(len(a), len(b)), confidence))
+    dof = len(a) - 1 if paired else len(a) + len(b) - 2
+    return (estimate, *_interval(estimate, ratios, min(len(a), len(b)), confidence, dof))

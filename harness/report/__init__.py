@@ -13,7 +13,9 @@ from typing import Any, Optional
 import pandas as pd
 
 from harness import __version__
-from harness.analysis import RunError, coverage, load, load_routing_layers, load_run_info, load_steps, paired
+from harness.analysis import (
+    RunError, coverage, load, load_routing_layers, load_run_info, load_steps, main_rule, paired, trust_notes,
+)
 from harness.contracts import RunInfo
 
 MEASURED_METRICS = [
@@ -63,7 +65,7 @@ def write_report(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> P
     out_dir = Path(out_dir) if out_dir else run_dir
     df = load(run_dir)
     info = load_run_info(run_dir)
-    pairs = paired(df)
+    pairs = paired(df, main_rule(df))
     suite = info.suite
     name = str(suite.get("name") or (df["suite"].dropna().iloc[0] if df["suite"].notna().any() else run_dir.name))
     context = {
@@ -72,6 +74,7 @@ def write_report(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> P
         "description": str(suite.get("description") or ""),
         "n_rows": len(df), "n_ok": int((df["status"] == "ok").sum()), "n_failed": int((df["status"] != "ok").sum()),
         "verdicts": tables.verdicts(pairs),
+        "trust_notes": trust_notes(pairs, df, info),
         "headline": tables.headline(pairs, df),
         "plots": html.save_plots(plots.make_plots(df, pairs, load_steps(run_dir)), out_dir / "plots"),
         "missing": missing_metrics(df),

@@ -16,8 +16,9 @@ from harness.analysis import config_label, latency_columns, paired, safe_ratio, 
 from harness.contracts import RunInfo
 from harness.environment import comparable
 from harness.report.plots import Plot, new_figure
-from harness.report.tables import Cell, Table, fmt, ratio_cell, text, varying
+from harness.report.tables import Cell, Table, fmt, ratio_cell, text, varying, verdict_cell
 from harness.results import COLUMNS
+from harness.verdict import decide, disturbances
 
 KEYS = ["case_id", "workload"]
 
@@ -34,6 +35,11 @@ def matched(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     renamed_a = both.rename(columns=lambda c: c[:-2] if c.endswith("_a") else c)
     lo, hi = throughput_ratio_bounds(both["throughput_change"], latency_columns(renamed_b), latency_columns(renamed_a))
     both["throughput_change_ci_low"], both["throughput_change_ci_high"] = lo, hi
+    judged = [decide(r["throughput_change"], r["throughput_change_ci_low"], r["throughput_change_ci_high"],
+                     disturbed=disturbances(r, "run A", suffix="_a") + disturbances(r, "run B", suffix="_b"))
+              if ok_ else None for ok_, (_, r) in zip(ok, both.iterrows())]
+    both["throughput_verdict"] = pd.array([v.verdict if v else pd.NA for v in judged], dtype="string")
+    both["throughput_verdict_reason"] = pd.array([v.reason if v else pd.NA for v in judged], dtype="string")
     return both
 
 
@@ -60,7 +66,8 @@ def _change_table(both: pd.DataFrame) -> Table:
         table.rows.append([
             Cell(text(row["case_id"])), Cell(text(row["kind_a"])), Cell(label), Cell(text(row["workload"])),
             fmt(row["tokens_per_s_a"]), fmt(row["tokens_per_s_b"]),
-            ratio_cell(row["throughput_change"], row["throughput_change_ci_low"], row["throughput_change_ci_high"]),
+            verdict_cell(row["throughput_change"], row["throughput_change_ci_low"], row["throughput_change_ci_high"],
+                         row["throughput_verdict"], row["throughput_verdict_reason"]),
             ratio_cell(row["memory_change"], higher_is_better=COLUMNS["peak_memory_bytes"].higher_is_better),
             ratio_cell(row["energy_per_token_change"], higher_is_better=COLUMNS["energy_j_per_token"].higher_is_better),
             Cell(text(row["status_a"]), cls="" if text(row["status_a"]) == "ok" else "failed"),
@@ -68,15 +75,18 @@ def _change_table(both: pd.DataFrame) -> Table:
         ])
         table.row_classes.append("best" if idx == best else "worst" if idx == worst else "")
     table.notes.append("B/A above 1 means run B has more throughput (or more memory/energy) than run A. "
-                       "CI: box of the two runs' 95% latency intervals.")
+                       "CI: box of the two runs' 95% latency intervals; colour: the verdict (grey: unreliable, "
+                       "e.g. a contended measurement in either run).")
     return table
 
 
 def _ratio_shift(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     cols = KEYS + ["num_experts", "top_k", "capacity_factor", "kind", "throughput_ratio", "throughput_ratio_ci_low",
                    "throughput_ratio_ci_high"]
+    cols += ["verdict", "verdict_reason"]
     pa = paired(a)
-    pb = paired(b)[KEYS + ["throughput_ratio", "throughput_ratio_ci_low", "throughput_ratio_ci_high"]]
+    pb = paired(b)[KEYS + ["throughput_ratio", "throughput_ratio_ci_low", "throughput_ratio_ci_high", "verdict",
+                           "verdict_reason"]]
     return pa[[c for c in cols if c in pa.columns]].merge(pb, on=KEYS, suffixes=("_a", "_b"))
 
 
@@ -86,8 +96,9 @@ def _ratio_table(shift: pd.DataFrame, a: pd.DataFrame) -> Table:
     for _, row in shift.iterrows():
         table.rows.append([
             Cell(config_label(row, extras)), Cell(text(row["workload"])),
-            ratio_cell(row["throughput_ratio_a"], row["throughput_ratio_ci_low_a"], row["throughput_ratio_ci_high_a"]),
-            ratio_cell(row["throughput_ratio_b"], row["throughput_ratio_ci_low_b"], row["throughput_ratio_ci_high_b"]),
+            *(verdict_cell(row[f"throughput_ratio_{s}"], row[f"throughput_ratio_ci_low_{s}"],
+                           row[f"throughput_ratio_ci_high_{s}"], row[f"verdict_{s}"], row[f"verdict_reason_{s}"])
+              for s in ("a", "b")),
         ])
         table.row_classes.append("")
     return table

@@ -17,9 +17,11 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from harness.analysis import capacity_label, config_label, coverage
+from harness.verdict import UNRELIABLE
 
 PANEL_W, PANEL_H = 4.6, 3.4
 CURVE_SMOOTHING = 25
@@ -172,15 +174,18 @@ def _capacity_order(labels: pd.Series) -> list[str]:
     return sorted(labels.unique(), key=key)
 
 
-def ratio_grid(pairs: pd.DataFrame, workload: str, top_k: int) -> pd.DataFrame:
+def ratio_grid(pairs: pd.DataFrame, workload: str, top_k: int, values: str = "throughput_ratio") -> pd.DataFrame:
     """Median MoE/dense throughput ratio, capacity factor (rows, 'dropless' last) x experts (columns).
 
-    A cell with no measured ratio stays NaN (drawn blank), never 0.
+    A cell with no measured ratio stays NaN (drawn blank), never 0. `values='unreliable'` gives 1 where
+    any pair of the cell has an unreliable verdict (harness.verdict), 0 where none has.
     """
     sub = pairs[(pairs["workload"] == workload) & (pairs["top_k"] == top_k) & pairs["num_experts"].notna()].copy()
     sub["capacity"] = [capacity_label(v) for v in sub["capacity_factor"]]
-    grid = sub.pivot_table(index="capacity", columns="num_experts", values="throughput_ratio",
-                           aggfunc="median", dropna=False)
+    verdict = sub["verdict"] if "verdict" in sub.columns else pd.Series(pd.NA, index=sub.index)
+    sub["unreliable"] = (verdict == UNRELIABLE).fillna(False).astype(float)
+    grid = sub.pivot_table(index="capacity", columns="num_experts", values=values,
+                           aggfunc="median" if values == "throughput_ratio" else "max", dropna=False)
     grid = grid.reindex(index=_capacity_order(sub["capacity"]), columns=sorted(sub["num_experts"].unique()))
     grid.columns = [int(c) for c in grid.columns]
     grid.index.name, grid.columns.name = "capacity factor", "experts"
@@ -204,7 +209,8 @@ def ratio_heatmap(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
     name, title = "throughput_ratio_heatmap", "MoE / dense throughput ratio"
     caption = ("Throughput of each MoE configuration divided by that of its FLOP-matched dense baseline "
                "(> 1: MoE is faster), over experts x capacity factor; one panel per workload and top-k. "
-               "Cells marked n/a were not measured (failed case or baseline).")
+               "Cells marked n/a were not measured (failed case or baseline); grey cells marked 'unreliable' have no "
+               "verdict (a disturbed measurement or an interval too wide to tell; see the headline table).")
     ratios = pd.to_numeric(pairs.get("throughput_ratio"), errors="coerce") if len(pairs) else pd.Series(dtype=float)
     if ratios is None or not np.isfinite(ratios).any():
         reason = coverage(df, "tokens_per_s")[2] or "no MoE configuration and its baseline were both measured"
@@ -230,14 +236,20 @@ def ratio_heatmap(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
                 ax.set_axis_off()
                 ax.set_title(f"{workload}, top-k {k}: not measured")
                 continue
+            unreliable = (ratio_grid(pairs, workload, k, values="unreliable") > 0).to_numpy() & grid.notna().to_numpy()
             with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method matplotlib deprecates
                 warnings.simplefilter("ignore", PendingDeprecationWarning)
-                sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap=cmap, norm=norm,
+                warnings.simplefilter("ignore", RuntimeWarning)  # a panel whose every cell is masked
+                sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap=cmap, norm=norm, mask=unreliable,
                             linewidths=0.5, linecolor="white", cbar=not colorbar_drawn, cbar_ax=cbar_ax,
                             cbar_kws={"label": "MoE / dense throughput"})
             colorbar_drawn = True
             for (r, c) in zip(*np.nonzero(grid.isna().to_numpy())):
                 ax.text(c + 0.5, r + 0.5, "n/a", ha="center", va="center", color="0.45", fontsize="small")
+            for (r, c) in zip(*np.nonzero(unreliable)):  # never coloured: a colour would be a verdict
+                ax.add_patch(Rectangle((c, r), 1, 1, facecolor="0.9", edgecolor="white", linewidth=0.5))
+                ax.text(c + 0.5, r + 0.5, f"{grid.iat[r, c]:.2f}\nunreliable", ha="center", va="center",
+                        color="0.45", fontsize="small")
             ax.grid(False)
             ax.set_yticklabels([t.removeprefix("cf") for t in grid.index], rotation=0)
             ax.set_title(f"{workload}, top-k {k}")

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from harness.analysis import better_above_one, config_label, coverage
+from harness.verdict import FASTER, SAME, SLOWER, UNRELIABLE
 
 MIB = 2**20
 CONFIG_EXTRAS = ("source", "router", "impl", "compile", "routing_mode", "granularity", "num_shared_experts", "d_model", "n_layers",
@@ -85,6 +86,21 @@ def ratio_cell(ratio: Any, lo: Any = None, hi: Any = None, higher_is_better: boo
     return Cell(text, r, cls, title)
 
 
+VERDICT_CLASS = {FASTER: "better", SLOWER: "worse", UNRELIABLE: "unreliable"}
+
+
+def verdict_cell(ratio: Any, lo: Any, hi: Any, verdict: Any, reason: Any) -> Cell:
+    """A ratio with its CI, coloured by the pair's verdict (harness.verdict), never by the interval
+    alone: an unreliable pair is grey whatever its interval says, and says why."""
+    r = _num(ratio)
+    if r is None:
+        return Cell("—", None, "missing", text(reason) or "not measured")
+    lo, hi = _num(lo), _num(hi)
+    shown = f"{r:.2f}×" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+    label = text(verdict)
+    return Cell(shown, r, VERDICT_CLASS.get(label, ""), f"{label}: {text(reason)}" if label else text(reason))
+
+
 def varying(df: pd.DataFrame, columns: tuple[str, ...] = CONFIG_EXTRAS) -> tuple[str, ...]:
     moe = df[df["kind"] == "moe"]
     return tuple(c for c in columns if c in moe.columns and moe[c].dropna().astype(str).nunique() > 1)
@@ -98,11 +114,11 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
     columns = ["Configuration", "Workload", "MoE tok/s", "Dense tok/s", "Throughput ratio [CI]", "Latency ratio [CI]",
                "Memory ratio"]
     columns += ["Energy/token ratio"] * show_energy + ["Quality ratio (val loss)"] * show_quality
-    columns += ["Dropped", "Params active / total", "Status"]
+    columns += ["Dropped", "Params active / total", "Verdict", "Status"]
     table = Table(columns)
     best_worst: dict[int, str] = {}
     for _, group in pairs.groupby("workload", sort=False):
-        ratios = pd.to_numeric(group["throughput_ratio"], errors="coerce").dropna()
+        ratios = pd.to_numeric(_reliable(group)["throughput_ratio"], errors="coerce").dropna()
         if len(ratios) >= 2:
             best_worst[ratios.idxmax()] = "best"
             best_worst[ratios.idxmin()] = "worst"
@@ -124,10 +140,10 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
             Cell(text(row["workload"])),
             fmt(row["tokens_per_s"]),
             fmt(row.get("dense_tokens_per_s")),
-            ratio_cell(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"],
-                       better_above_one("throughput_ratio")),
-            ratio_cell(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"],
-                       better_above_one("latency_ratio")),
+            verdict_cell(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"],
+                         row.get("verdict"), row.get("verdict_reason")),
+            verdict_cell(row["latency_ratio"], row["latency_ratio_ci_low"], row["latency_ratio_ci_high"],
+                         row.get("verdict"), row.get("verdict_reason")),
             ratio_cell(row["memory_ratio"], higher_is_better=better_above_one("memory_ratio")),
         ]
         if show_energy:
@@ -138,6 +154,8 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
         cells += [
             fmt(row.get("dropped_fraction")),
             Cell(f"{active / 1e6:.2f}M / {total / 1e6:.2f}M" if active and total else "—", total),
+            Cell(text(row.get("verdict"), "—"), text(row.get("verdict")), VERDICT_CLASS.get(text(row.get("verdict")), ""),
+                 text(row.get("verdict_reason"))),
             Cell(status, status, "" if status.startswith("ok") else "failed",
                  "latency IQR / median > 10% for the MoE case or its baseline" if status == "ok, noisy"
                  else unstable if status == "ok, unstable" else text(row.get("error"))),
@@ -166,27 +184,36 @@ def unstable_reasons(row: pd.Series) -> str:
 
 
 def verdicts(pairs: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per workload: how many MoE configurations are clearly faster/slower than their baseline, best, worst."""
+    """Per workload: how many MoE configurations the verdict calls faster, slower, same or unreliable,
+    and the best and worst among the pairs that have a reliable verdict."""
     out = []
     for workload, group in pairs.groupby("workload", sort=False):
-        measured = group[group["throughput_ratio"].notna()]
-        lo, hi = measured["throughput_ratio_ci_low"], measured["throughput_ratio_ci_high"]
-        has_ci = lo.notna() & hi.notna()
+        measured = group[group["verdict"].notna()]
+        counts = measured["verdict"].value_counts()
         entry = {
             "workload": str(workload), "total": len(group), "measured": len(measured),
-            "faster": int((has_ci & (lo > 1)).sum()), "slower": int((has_ci & (hi < 1)).sum()),
-            "unclear": int((has_ci & (lo <= 1) & (hi >= 1)).sum()), "no_ci": int((~has_ci).sum()),
+            **{name: int(counts.get(name, 0)) for name in (FASTER, SLOWER, SAME, UNRELIABLE)},
             "best": None, "worst": None,
         }
-        if len(measured):
+        reliable = _reliable(measured)
+        if len(reliable):
             extras = varying(group)
-            for key, idx in (("best", measured["throughput_ratio"].idxmax()), ("worst", measured["throughput_ratio"].idxmin())):
-                row = measured.loc[idx]
+            for key, idx in (("best", reliable["throughput_ratio"].idxmax()), ("worst", reliable["throughput_ratio"].idxmin())):
+                row = reliable.loc[idx]
                 entry[key] = {"label": config_label(row, extras),
-                              "ratio": ratio_cell(row["throughput_ratio"], row["throughput_ratio_ci_low"],
-                                                  row["throughput_ratio_ci_high"]).text}
+                              "ratio": verdict_cell(row["throughput_ratio"], row["throughput_ratio_ci_low"],
+                                                    row["throughput_ratio_ci_high"], row["verdict"], "").text,
+                              "verdict": str(row["verdict"])}
         out.append(entry)
     return out
+
+
+def _reliable(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pairs whose verdict is not unreliable: only those may be called best or worst."""
+    if "verdict" not in pairs.columns:
+        return pairs.iloc[0:0]
+    keep = pairs["verdict"].isin([FASTER, SLOWER, SAME]).fillna(False).astype(bool)
+    return pairs[keep & pd.to_numeric(pairs["throughput_ratio"], errors="coerce").notna()]
 
 
 def failures(df: pd.DataFrame) -> Table:
@@ -215,7 +242,8 @@ RESULT_COLUMNS = [
 def all_results(df: pd.DataFrame) -> Table:
     """Every row of the run with its main measurements; columns never measured on this run are left out."""
     shown = [(c, h, s) for c, h, s in RESULT_COLUMNS if c in df.columns and df[c].notna().any()]
-    table = Table(["Case", "Kind", "Configuration", "Workload", "Status"] + [h for _, h, _ in shown] + ["Noisy"])
+    table = Table(["Case", "Kind", "Configuration", "Workload", "Status"] + [h for _, h, _ in shown]
+                  + ["Processes", "Noisy", "Contended"])
     extras = varying(df)
     for _, row in df.iterrows():
         label = (config_label(row, extras) if text(row["kind"]) == "moe"
@@ -228,10 +256,20 @@ def all_results(df: pd.DataFrame) -> Table:
              Cell("ok, unstable" if unstable else status, cls="" if status == "ok" else "failed",
                   title=text(row.get("unstable_reason")) if unstable else "")]
             + [fmt(row.get(c), scale=s) for c, _, s in shown]
-            + [Cell("—" if pd.isna(noisy) else ("yes" if noisy else "no"))]
+            + [Cell(text(row.get("processes"), "—")), Cell("—" if pd.isna(noisy) else ("yes" if noisy else "no")),
+               _contended_cell(row)]
         )
         table.row_classes.append("")
     return table
+
+
+def _contended_cell(row: pd.Series) -> Cell:
+    value = row.get("contended")
+    if value is None or pd.isna(value):
+        return Cell("—", None, "missing", "not recorded by this run")
+    if not value:
+        return Cell("no")
+    return Cell("yes", 1, "unreliable", text(row.get("contention_reason")))
 
 
 LAYER_COLUMNS = [

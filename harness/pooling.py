@@ -1,0 +1,103 @@
+"""One result row from the worker processes that timed a (case, workload).
+
+Each process returns a complete row of its own (timing, memory, contention; energy and the per-step
+and routing records come from the first process only). The row a run stores pools them: timing
+statistics over every process's steps with the hierarchical interval, the worst contention reading,
+the largest peak memory. Pure functions of the worker results, so a resumed run pools the same way.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from harness.metrics import contention
+from harness.metrics.statistics import as_groups, ratio_ci, summarize
+
+PER_PROCESS = "process_rows"
+"""Raw journal key: the worker rows a pooled row was made from (kept so a resumed run can add to them)."""
+INTERLEAVED = "interleaved_processes"
+"""Raw journal key: each interleaved process's samples and contention, for the same reason."""
+
+
+def pool(parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """The measured columns of a row from its processes' worker rows (all 'ok', first process first)."""
+    first = dict(parts[0])
+    groups = [p["samples_s"] for p in parts]
+    stats = summarize(groups, seed=seed)
+    row = {k: v for k, v in first.items() if k != "samples_s"}
+    tokens_per_s = first["tokens_per_step"] / stats.median
+    scale = tokens_per_s / first["tokens_per_s"] if first.get("tokens_per_s") else None
+    row.update(
+        tokens_per_s=tokens_per_s,
+        latency_ms_median=stats.median * 1e3,
+        latency_ms_p90=stats.p90 * 1e3,
+        latency_ms_iqr=stats.iqr * 1e3,
+        latency_ms_ci_low=stats.ci_low * 1e3,
+        latency_ms_ci_high=stats.ci_high * 1e3,
+        repeats=stats.n,
+        processes=stats.processes,
+        noisy=stats.noisy,
+        warmup_iterations=max(p.get("warmup_iterations") or 0 for p in parts),
+        min_time_capped=any(bool(p.get("min_time_capped")) for p in parts),
+        samples_s=[list(map(float, g)) for g in as_groups(groups)],
+    )
+    for key in ("achieved_tflops", "mfu"):  # both are proportional to tokens/s
+        if scale is not None and first.get(key) is not None:
+            row[key] = first[key] * scale
+    peaks = [p["peak_memory_bytes"] for p in parts if p.get("peak_memory_bytes") is not None]
+    if peaks:
+        row["peak_memory_bytes"] = max(peaks)
+    row.update(contention.combine(parts))
+    return row
+
+
+def pool_interleaved(parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """MoE over baseline throughput from interleaved processes ('samples_a': MoE, 'samples_b': baseline),
+    with the paired hierarchical interval, and the contention of those processes."""
+    moe = [p["samples_a"] for p in parts]
+    dense = [p["samples_b"] for p in parts]
+    # equal tokens per step on both sides, so throughput ratio = baseline latency / MoE latency
+    ratio, low, high = ratio_ci(dense, moe, seed=seed, paired=True)
+    return {
+        "interleaved_throughput_ratio": ratio,
+        "throughput_ratio_ci_low": low,
+        "throughput_ratio_ci_high": high,
+        "throughput_ratio_ci_method": "interleaved",
+        **{f"interleaved_{k}": v for k, v in contention.combine([p.get("contention", {}) for p in parts]).items()
+           if k in ("contended", "contention_reason")},
+    }
+
+
+def fold_interleaved(row: dict[str, Any], interleaved: dict[str, Any]) -> dict[str, Any]:
+    """The row with its interleaved pass: the ratio columns, and the pass's contention folded into the
+    row's own flag (the pair's verdict rests on both)."""
+    out = {**row, **{k: v for k, v in interleaved.items() if not k.startswith("interleaved_content")}}
+    if interleaved.get("interleaved_contended"):
+        reasons = [r for r in (row.get("contention_reason"), f"interleaved pass: {interleaved['interleaved_contention_reason']}") if r]
+        out.update(contended=True, contention_reason="; ".join(reasons))
+    return out
+
+
+def processes_done(row: Optional[dict[str, Any]]) -> int:
+    """Worker processes a stored row already pools (a row from before processes were recorded: one)."""
+    if row is None:
+        return 0
+    return len(row.get(PER_PROCESS) or [None])
+
+
+def interleaved_done(row: Optional[dict[str, Any]]) -> tuple[int, bool]:
+    """(interleaved processes a row holds, whether one of them failed, which ends the pass)."""
+    parts = (row or {}).get(INTERLEAVED) or []
+    return len(parts), any(p.get("status", "ok") != "ok" for p in parts)
+
+
+def with_interleaved(row: dict[str, Any], parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """A pooled row with its interleaved processes (raw parts kept for resuming)."""
+    if not parts:
+        return row
+    failed = next((p for p in parts if p.get("status", "ok") != "ok"), None)
+    if failed is not None:
+        out = {**row, "throughput_ratio_ci_method": f"unavailable: interleaved pair {failed.get('status')}: {failed.get('error')}"}
+    else:
+        out = fold_interleaved(row, pool_interleaved(parts, seed))
+    out[INTERLEAVED] = list(parts)
+    return out
