@@ -6,7 +6,6 @@ median latencies, with a hierarchical bootstrap interval over each run's process
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from typing import Any
 
 from harness.compare.records import CaseResult, Results

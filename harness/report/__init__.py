@@ -14,7 +14,15 @@ import pandas as pd
 
 from harness import __version__
 from harness.analysis import (
-    RunError, coverage, load, load_routing_layers, load_run_info, load_steps, main_rule, paired, trust_notes,
+    RunError,
+    coverage,
+    load,
+    load_routing_layers,
+    load_run_info,
+    load_steps,
+    main_rule,
+    paired,
+    trust_notes,
 )
 from harness.contracts import RunInfo
 
