@@ -22,7 +22,7 @@ TINY = """
 name: tiny
 model: {vocab_size: 32, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, seq_len: 8}
 moe: {num_experts: 2, top_k: 1, impl: loop}
-run: {batch_size: 1, warmup: 1, repeats: 1, timeout_s: 60, device: cpu, measure_energy: false}
+run: {batch_size: 1, warmup: 1, repeats: 1, timeout_s: 60, device: cpu, measure_energy: false, processes: 1}
 baselines: []
 """
 SLOW = TINY + 'workloads: ["tests.faults:slow"]\nsweep: {grid: {moe.top_k: [1, 2]}}\n'
