@@ -42,9 +42,12 @@ def _plain(value: Any) -> Any:
 
 
 def benchmark_entry(row: dict[str, Any], label: str, Stats) -> dict[str, Any]:
+    from harness.metrics.statistics import as_groups
+
     stats = Stats()
-    for seconds in row["samples_s"]:
-        stats.update(float(seconds))
+    for group in as_groups(row["samples_s"]):  # a list per worker process (a flat list: one process)
+        for seconds in group:
+            stats.update(float(seconds))
     case = f"{label}, {row['case_id']}" if label else row["case_id"]
     extra = {name: _plain(row[name]) for name in COLUMNS if COLUMNS[name].direction and row.get(name) is not None}
     extra.update({name: row[name] for name in IDENTITY if row.get(name) is not None})
