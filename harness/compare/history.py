@@ -131,7 +131,7 @@ class HistoryComparison:
     def exit_code(self) -> int:
         if self.regressions or self.status:
             return 1
-        return 3 if self.inconclusive else 0
+        return 3 if self.inconclusive and not self.bootstrap else 0
 
 
 def compare_with_history(run_rows: Sequence[dict[str, Any]], current: Entry, previous: Sequence[Entry], history: str,
