@@ -17,7 +17,7 @@ from harness.contracts import ContractError, RunInfo, read_run_info
 from harness.errors import UserError
 from harness.metrics import stability
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
-from harness.verdict import DEFAULT_MARGIN, Verdict, decide, disturbances, unreliable_sentence
+from harness.verdict import DEFAULT_MARGIN, Verdict, decide, disturbances, fewest_processes, unreliable_sentence
 
 DTYPES: dict[str, str] = {name: column.dtype for name, column in COLUMNS.items()}
 """Every known result column and the pandas dtype `load` gives it (from the schema in `results.py`).
@@ -271,11 +271,13 @@ def paired(df: pd.DataFrame, baseline: str = "flop_matched", margin: float | Non
     for ratio, metric in RATIOS.items():
         out[ratio] = safe_ratio(_col(out, metric), _col(out, f"dense_{metric}")).where(both_ok)
     _ratio_cis(out, both_ok)
+    measured = False
     if margin is None and baseline != "aa_copy" and (df["baseline"] == "aa_copy").any():
         out.attrs["aa"] = aa.summarize(paired(df, "aa_copy"))
         margin = aa.margin_from(out.attrs["aa"], DEFAULT_MARGIN)
+        measured = out.attrs["aa"].spread is not None
     out.attrs["verdict_margin"] = DEFAULT_MARGIN if margin is None else margin
-    _verdicts(out, both_ok, out.attrs["verdict_margin"])
+    _verdicts(out, both_ok, out.attrs["verdict_margin"], measured)
     return out.reset_index(drop=True)
 
 
@@ -286,9 +288,9 @@ def main_rule(df: pd.DataFrame) -> str:
     return next((r for r in ("flop_matched", "param_matched", "aa_copy") if r in rules), "flop_matched")
 
 
-def _verdicts(out: pd.DataFrame, both_ok: pd.Series, margin: float) -> None:
+def _verdicts(out: pd.DataFrame, both_ok: pd.Series, margin: float, margin_measured: bool) -> None:
     """`verdict`, `verdict_reason` and (when unreliable) `verdict_cause` per pair: the one rule
-    (harness.verdict) on the throughput ratio and both rows' disturbance flags."""
+    (harness.verdict) on the throughput ratio, both rows' disturbance flags and process counts."""
     found: list[Verdict | None] = []
     for ok, (_, row) in zip(both_ok, out.iterrows()):
         if not ok:
@@ -297,7 +299,8 @@ def _verdicts(out: pd.DataFrame, both_ok: pd.Series, margin: float) -> None:
             continue
         disturbed = disturbances(row, "MoE") + disturbances(row, "baseline", prefix="dense_")
         found.append(decide(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"],
-                            margin=margin, disturbed=disturbed))
+                            margin=margin, disturbed=disturbed, margin_measured=margin_measured,
+                            processes=fewest_processes(row.get("processes"), row.get("dense_processes"))))
     out["verdict"] = pd.array([v.verdict for v in found], dtype=STRING)
     out["verdict_reason"] = pd.array([v.reason for v in found], dtype=STRING)
     out["verdict_cause"] = pd.array([v.cause for v in found], dtype=STRING)

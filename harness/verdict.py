@@ -9,6 +9,10 @@ The rule, in order:
 1. Either side disturbed (a `contended` or `unstable` row): unreliable, whatever the interval says.
    A stalled process can be tight and wrong, so no interval can vouch for it.
 2. No interval: unreliable.
+   Nor is there one worth judging when either side rests on a single worker process and no A/A
+   spread was measured: two processes of identical code differ by more than one process's steps
+   show (17% on the development VM; an A/A pair 0.78x-0.91x), so that interval omits the
+   largest source of variation.
 3. The interval lies inside the equivalence band (ratio within [1/(1+m), 1+m], difference within
    [-m, m]): same. The band is the smallest change worth a verdict on this machine: the A/A spread
    when one was measured, else `DEFAULT_MARGIN`.
@@ -29,6 +33,7 @@ DEFAULT_MARGIN = 0.05
 
 # why a verdict is unreliable
 CONTENDED, UNSTABLE, WIDE, NO_INTERVAL = "contended", "unstable", "wide", "no interval"
+ONE_PROCESS = "one process"
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,15 @@ def decide(
     margin: Optional[float] = None,
     disturbed: Iterable[Disturbance] = (),
     words: tuple[str, str] = (FASTER, SLOWER),
+    processes: Optional[int] = None,
+    margin_measured: bool = False,
 ) -> Verdict:
     """The verdict on one comparison (see the module docstring for the rule).
 
     `scale`: 'ratio' (no change = 1, `margin` relative) or 'difference' (no change = 0, `margin` in
     the quantity's unit). `words`: what to call better and worse (throughput: faster, slower).
+    `processes`: the fewer worker processes either side rests on (None: not a timing, or unknown);
+    `margin_measured`: the margin is an A/A spread, which already holds process-to-process variation.
     """
     if scale not in ("ratio", "difference"):
         raise ValueError(f"scale must be 'ratio' or 'difference', got {scale!r}")
@@ -90,6 +99,9 @@ def decide(
     est, lo, hi = _num(estimate), _num(low), _num(high)
     if lo is None or hi is None or (scale == "ratio" and not (lo > 0 and hi > 0)):
         return Verdict(UNRELIABLE, "no confidence interval", NO_INTERVAL)
+    if processes is not None and processes < 2 and not margin_measured:
+        return Verdict(UNRELIABLE, "one worker process per side and no A/A spread: the interval omits the "
+                       "variation between processes", ONE_PROCESS)
     m = DEFAULT_MARGIN if margin is None else margin
     null = 1.0 if scale == "ratio" else 0.0
     band = (1 / (1 + m), 1 + m) if scale == "ratio" else (-m, m)
@@ -104,6 +116,13 @@ def decide(
     what = f"{est:.3g}" if est is not None else "estimate"
     return Verdict(UNRELIABLE, f"{shown} around {what} includes {null:g} and reaches past {within}: too wide to tell",
                    WIDE)
+
+
+def fewest_processes(*counts: Any) -> Optional[int]:
+    """The smallest process count among a comparison's sides; None when no side recorded one (runs
+    from before processes were counted)."""
+    known = [int(n) for n in map(_num, counts) if n is not None]
+    return min(known) if known else None
 
 
 def unreliable_sentence(
@@ -127,6 +146,9 @@ def unreliable_sentence(
     if causes[WIDE]:
         why.append(f"{causes[WIDE]} with an interval too wide to tell")
         todo.append("add processes (run.processes: 3 or more) or steps (run.repeats)")
+    if causes[ONE_PROCESS]:
+        why.append(f"{causes[ONE_PROCESS]} timed in one process per side")
+        todo.append("set run.processes: 2 or more, or calibrate: aa")
     if causes[NO_INTERVAL]:
         why.append(f"{causes[NO_INTERVAL]} without a confidence interval")
     sentence = f"{len(bad)} of {len(judged)} {noun} unreliable: {', '.join(why)}."

@@ -38,11 +38,16 @@ def forward(model, case, device):
 
 
 def _claim(path: str) -> bool:
+    """True in the one process that claims PATH first, on every call: a worker builds its workload more
+    than once (the memory warm-up on a tiny model, then the measured case)."""
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        return False
+        with open(path) as f:
+            return f.read() == str(os.getpid())
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
 
 
 def _busy_neighbour() -> None:

@@ -16,9 +16,12 @@ FP = {"device_name": "cpu", "device_count": 0, "cpu_model": "Test CPU", "torch":
 TOKENS = 512
 
 
-def latency_samples(median_s: float, rel_noise: float = 0.02, n: int = 20, seed: int = 0) -> list[float]:
+def latency_samples(median_s: float, rel_noise: float = 0.02, n: int = 20, seed: int = 0, processes: int = 2):
+    """`processes` lists of `n` steps around `median_s` (a single process's interval is never judged
+    without an A/A spread); `processes=1` gives one flat list, as older runs stored."""
     rng = np.random.default_rng(seed)
-    return list(median_s * (1 + rel_noise * rng.standard_normal(n)))
+    groups = [list(median_s * (1 + rel_noise * rng.standard_normal(n))) for _ in range(processes)]
+    return groups[0] if processes == 1 else groups
 
 
 def row(case_id, samples, workload="forward", status="ok", memory=100e6, energy=None, energy_source=None, **extra):
@@ -70,7 +73,7 @@ def test_injected_30_percent_slowdown_is_a_regression(tmp_path, base_run, capsys
     latency, throughput = verdict(found), verdict(found, "tokens_per_s")
     assert latency.verdict == throughput.verdict == cmp.REGRESSION
     assert latency.change == pytest.approx(0.30, abs=0.03) and 1.2 < latency.ci_low < latency.ci_high < 1.4
-    assert latency.test == "hierarchical 95% CI, processes 1/1"
+    assert latency.test == "hierarchical 95% CI, processes 2/2"
     assert throughput.change == pytest.approx(1 / 1.3 - 1, abs=0.03)
     assert verdict(found, case="c2", workload="train_step").verdict == cmp.UNCHANGED
     assert latency.note == ""  # 2% noise is not flagged as noisy
@@ -103,8 +106,8 @@ def test_big_but_noisy_change_is_inconclusive_not_failed_nor_passed(tmp_path, ca
     """Too noisy to tell whether it regressed: neither exit 1 (it may be noise) nor exit 0 (it may be
     real), but 3."""
     noisy = [0.005, 0.010, 0.020, 0.008, 0.015, 0.030]
-    base = make_run(tmp_path / "base", [row("c1", noisy)])
-    cur = make_run(tmp_path / "cur", [row("c1", [s * 1.3 for s in reversed(noisy)])])
+    base = make_run(tmp_path / "base", [row("c1", [noisy, noisy[::-1]])])
+    cur = make_run(tmp_path / "cur", [row("c1", [[s * 1.3 for s in reversed(noisy)], [s * 1.3 for s in noisy]])])
     f = verdict(findings(base, cur))
     assert f.change == pytest.approx(0.30, abs=0.01) and f.ci_low < 1 < f.ci_high
     assert f.verdict == cmp.INCONCLUSIVE and "too wide to tell" in f.note and "noisy timing: IQR/median" in f.note
@@ -125,9 +128,12 @@ def test_improvement_is_reported(tmp_path, base_run, capsys):
 
 
 def test_few_samples_decide_by_their_interval(tmp_path):
+    """Single-process runs: judged only with an A/A spread (which holds the variation between processes)."""
     base = make_run(tmp_path / "base", [row("c1", [0.0100, 0.0101, 0.0099]), row("c2", [0.010, 0.013, 0.008])])
     cur = make_run(tmp_path / "cur", [row("c1", [0.0130, 0.0131, 0.0129]), row("c2", [0.013, 0.010, 0.016])])
-    found = findings(base, cur)
+    lone = verdict(findings(base, cur))
+    assert lone.verdict == cmp.INCONCLUSIVE and "one worker process per side" in lone.note
+    found = findings(base, cur, aa_measured=True)
     apart, overlap = verdict(found), verdict(found, case="c2")
     assert apart.ci_low > 1.1 and apart.verdict == cmp.REGRESSION
     assert overlap.ci_low < 1 < overlap.ci_high and overlap.verdict == cmp.INCONCLUSIVE
@@ -222,8 +228,8 @@ def test_save_baseline_then_compare_with_itself_is_clean(tmp_path, base_run, cap
     assert sum(line.strip().startswith('{"case_id"') for line in text.splitlines()) == 2  # one line per case
     stored = {c["case_id"]: c for c in doc["cases"]}
     original = RunStore(base_run).rows()[0]
-    assert doc["version"] == 2 and len(stored["c1"]["samples_ms"]) == 1  # one list per process
-    assert stored["c1"]["samples_ms"][0] == pytest.approx([s * 1e3 for s in original["samples_s"]], rel=1e-5)
+    assert doc["version"] == 2 and len(stored["c1"]["samples_ms"]) == 2  # one list per process
+    assert stored["c1"]["samples_ms"][1] == pytest.approx([s * 1e3 for s in original["samples_s"][1]], rel=1e-5)
     assert "energy_j_per_token" not in stored["c1"]  # missing stays missing, never 0
 
     assert run_cli(base_run, "--baseline", path, "--format", "json") == 0
@@ -275,12 +281,15 @@ def test_cli_formats_and_usage_errors(tmp_path, base_run, capsys):
     assert "wrong baseline?" in capsys.readouterr().err
 
 
-def test_one_process_per_side_needs_no_scipy(tmp_path, base_run, monkeypatch):
+def test_one_process_per_side_needs_no_scipy(tmp_path, monkeypatch):
     """scipy's t quantiles only widen intervals over several processes; one process is a plain bootstrap."""
     monkeypatch.setitem(__import__("sys").modules, "scipy.stats", None)  # import fails as if scipy were absent
-    cur = make_run(tmp_path / "cur", [row("c1", latency_samples(0.013, seed=3)),
-                                     row("c2", latency_samples(0.020, seed=4), workload="train_step")])
-    found = findings(base_run, cur)
+    def lone(median_s, seed):
+        return latency_samples(median_s, seed=seed, processes=1)
+
+    base = make_run(tmp_path / "base", [row("c1", lone(0.010, 1)), row("c2", lone(0.020, 2), workload="train_step")])
+    cur = make_run(tmp_path / "cur", [row("c1", lone(0.013, 3)), row("c2", lone(0.020, 4), workload="train_step")])
+    found = findings(base, cur, aa_measured=True)
     assert verdict(found).verdict == cmp.REGRESSION
     assert verdict(found, case="c2", workload="train_step").verdict == cmp.UNCHANGED
 
@@ -348,7 +357,8 @@ def test_aa_spread_raises_the_threshold(tmp_path, base_run, capsys):
     assert run_cli(cur, "--baseline", base_run, "--aa", base_run) == 2  # no A/A spread there
 
 
-def test_version_1_baselines_still_load(tmp_path, base_run):
+def test_version_1_baselines_still_load(tmp_path):
+    base_run = make_run(tmp_path / "base", [row("c1", latency_samples(0.010, seed=1, processes=1))])
     path = tmp_path / "v2.json"
     cmp.save_baseline(cmp.load_results(base_run), path)
     doc = json.loads(path.read_text())

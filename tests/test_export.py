@@ -24,7 +24,7 @@ class StrictLogger:
 
 
 def test_export_loads_in_pytest_benchmark(tmp_path, capsys):
-    samples = latency_samples(0.010, n=11, seed=3)
+    samples = latency_samples(0.010, n=11, seed=3, processes=1)
     run = make_run(tmp_path / "run", [row("c1", samples), row("c2", latency_samples(0.02, seed=4), workload="train_step"),
                                       row("c3", [], status="failed")],
                    fingerprint={**FP, "git_commit": "abc123+dirty"})

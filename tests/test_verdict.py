@@ -8,6 +8,7 @@ from harness.verdict import (
     CONTENDED,
     FASTER,
     NO_INTERVAL,
+    ONE_PROCESS,
     SAME,
     SLOWER,
     UNRELIABLE,
@@ -16,6 +17,7 @@ from harness.verdict import (
     Disturbance,
     decide,
     disturbances,
+    fewest_processes,
     unreliable_sentence,
 )
 
@@ -60,6 +62,21 @@ def test_a_disturbed_side_is_never_faster_or_slower():
 def test_no_interval_is_unreliable(low, high):
     verdict = decide(1.0, low, high)
     assert verdict.verdict == UNRELIABLE and verdict.cause == NO_INTERVAL
+
+
+def test_one_process_per_side_is_judged_only_against_a_measured_aa_spread():
+    """A tight single-process interval (an A/A pair of identical code measured 0.78x-0.91x) must not
+    become 'slower': it omits the variation between processes. An A/A spread, which holds it, may."""
+    lone = decide(0.84, 0.78, 0.91, processes=1)
+    assert lone.verdict == UNRELIABLE and lone.cause == ONE_PROCESS
+    assert decide(0.84, 0.78, 0.91, processes=2).verdict == SLOWER
+    assert decide(0.84, 0.78, 0.91).verdict == SLOWER  # not a timing: the rule does not apply
+    assert decide(0.84, 0.78, 0.91, processes=1, margin=0.05, margin_measured=True).verdict == SLOWER
+    assert decide(0.84, 0.78, 0.91, processes=1, margin=0.30, margin_measured=True).verdict == SAME
+    assert fewest_processes(2, 1.0) == 1 and fewest_processes(None, float("nan"), "3") == 3
+    assert fewest_processes(pd.NA, None) is None
+    sentence = unreliable_sentence([lone])
+    assert "1 timed in one process per side" in sentence and "run.processes: 2" in sentence
 
 
 def test_margin_from_an_aa_spread_moves_the_band():

@@ -42,7 +42,7 @@ def run_comparison(args: argparse.Namespace) -> Comparison:
     if getattr(args, "aa", None):
         spreads.append(_aa_spread_of(args.aa))
     aa_spread = max(spreads) if spreads else None
-    findings = compare(baseline, current, max(args.threshold, aa_spread or 0.0), args.alpha)
+    findings = compare(baseline, current, max(args.threshold, aa_spread or 0.0), args.alpha, aa_spread is not None)
     return Comparison(baseline, current, args.threshold, args.alpha, findings, mismatch if args.allow_mismatch else [],
                       aa_spread)
 

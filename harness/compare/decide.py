@@ -12,7 +12,7 @@ from harness.compare.records import CaseResult, Results
 from harness.compare.values import usable
 from harness.metrics.statistics import NOISY_RELATIVE_IQR, ratio_ci
 from harness.results import COLUMNS
-from harness.verdict import FASTER, SAME, SLOWER, Disturbance, decide
+from harness.verdict import CONTENDED, FASTER, ONE_PROCESS, SAME, SLOWER, UNSTABLE, Disturbance, decide
 
 
 @dataclass(frozen=True)
@@ -123,13 +123,16 @@ class Comparison:
 
 
 
-def timing_decision(base: CaseResult, current: CaseResult, threshold: float, confidence: float) -> dict[str, Any]:
+def timing_decision(base: CaseResult, current: CaseResult, threshold: float, confidence: float,
+                    aa_measured: bool = False) -> dict[str, Any]:
     """The verdict on a case's timing: current / baseline median latency with its hierarchical interval,
-    judged by `harness.verdict.decide` with the threshold as the band of 'same'."""
+    judged by `harness.verdict.decide` with the threshold as the band of 'same' (`aa_measured`: the
+    threshold holds an A/A spread, so single-process runs can be judged)."""
     disturbed = ([Disturbance("baseline", d.kind, d.reason) for d in base.disturbed]
                  + [Disturbance("current run", d.kind, d.reason) for d in current.disturbed])
     if base.samples_ms and current.samples_ms:
         ratio, low, high = ratio_ci(current.samples_ms, base.samples_ms, confidence=confidence)
+        processes = min(len(base.samples_ms), len(current.samples_ms))
         method = f"hierarchical {confidence:.0%} CI, processes {len(base.samples_ms)}/{len(current.samples_ms)}"
     else:  # a table without raw samples: the two rows' own intervals, as a box
         b, c = base.latency_ms_median, current.latency_ms_median
@@ -138,8 +141,10 @@ def timing_decision(base: CaseResult, current: CaseResult, threshold: float, con
             return {"verdict": decide(None, None, None, disturbed=disturbed), "ratio": None, "low": None, "high": None,
                     "method": "no samples or CI"}
         ratio, low, high = c / b, bounds[2] / bounds[1], bounds[3] / bounds[0]
+        processes = None
         method = "box of the two 95% CIs (no samples)"
-    verdict = decide(ratio, low, high, higher_is_better=False, margin=threshold, disturbed=disturbed)
+    verdict = decide(ratio, low, high, higher_is_better=False, margin=threshold, disturbed=disturbed,
+                     processes=processes, margin_measured=aa_measured)
     return {"verdict": verdict, "ratio": ratio, "low": low, "high": high, "method": method}
 
 
@@ -156,7 +161,7 @@ def timing_finding_verdict(decision: dict[str, Any], threshold: float) -> tuple[
         return INCONCLUSIVE, f"slower, possibly beyond the {threshold:.0%} threshold ({verdict.reason})"
     if verdict.verdict == FASTER:
         return (IMPROVEMENT if ratio < 1 / (1 + threshold) else UNCHANGED), ""
-    if verdict.cause in ("contended", "unstable") or high is None or high > 1 + threshold:
+    if verdict.cause in (CONTENDED, UNSTABLE, ONE_PROCESS) or high is None or high > 1 + threshold:
         return INCONCLUSIVE, verdict.reason
     better = ratio is not None and ratio < 1 / (1 + threshold)
     return (BETTER_INSIGNIFICANT if better else UNCHANGED), verdict.reason
@@ -206,7 +211,8 @@ def _noise_note(base: CaseResult, current: CaseResult) -> str:
     return f"{NOISY_NOTE}: IQR/median " + ", ".join(f"{v:.0%} {side}" for side, v in spread.items())
 
 
-def compare_case(base: CaseResult | None, current: CaseResult | None, threshold: float, alpha: float) -> list[Finding]:
+def compare_case(base: CaseResult | None, current: CaseResult | None, threshold: float, alpha: float,
+                 aa_measured: bool = False) -> list[Finding]:
     """Findings for one (case, workload): status changes first, then each metric when both are ok."""
     either = base or current
     assert either is not None
@@ -227,14 +233,16 @@ def compare_case(base: CaseResult | None, current: CaseResult | None, threshold:
         return status(FAILED, f"{current.status}: {current.error or 'no error recorded'}")
     if not base.ok:
         return status(FIXED, f"{base.status} in the baseline, ok now")
-    decision = timing_decision(base, current, threshold, 1 - alpha)
+    decision = timing_decision(base, current, threshold, 1 - alpha, aa_measured)
     found = (metric_finding(m, base, current, threshold, decision) for m in METRICS)
     return [f for f in found if f is not None]
 
 
-def compare(baseline: Results, current: Results, threshold: float = 0.10, alpha: float = 0.05) -> list[Finding]:
+def compare(baseline: Results, current: Results, threshold: float = 0.10, alpha: float = 0.05,
+            aa_measured: bool = False) -> list[Finding]:
     """All findings, most severe first; within a verdict, in baseline order then new cases. `threshold`
-    is the smallest regression (pass `Comparison.effective_threshold` to honour an A/A spread)."""
+    is the smallest regression (pass `Comparison.effective_threshold` and `aa_measured` to honour an
+    A/A spread)."""
     keys = list(baseline.cases) + [k for k in current.cases if k not in baseline.cases]
-    findings = [f for k in keys for f in compare_case(baseline.cases.get(k), current.cases.get(k), threshold, alpha)]
+    findings = [f for k in keys for f in compare_case(baseline.cases.get(k), current.cases.get(k), threshold, alpha, aa_measured)]
     return sorted(findings, key=lambda f: ORDER.index(f.verdict))

@@ -18,7 +18,7 @@ from harness.environment import comparable
 from harness.report.plots import Plot, new_figure
 from harness.report.tables import Cell, Table, fmt, ratio_cell, text, varying, verdict_cell
 from harness.results import COLUMNS
-from harness.verdict import decide, disturbances
+from harness.verdict import decide, disturbances, fewest_processes
 
 KEYS = ["case_id", "workload"]
 
@@ -36,7 +36,8 @@ def matched(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     lo, hi = throughput_ratio_bounds(both["throughput_change"], latency_columns(renamed_b), latency_columns(renamed_a))
     both["throughput_change_ci_low"], both["throughput_change_ci_high"] = lo, hi
     judged = [decide(r["throughput_change"], r["throughput_change_ci_low"], r["throughput_change_ci_high"],
-                     disturbed=disturbances(r, "run A", suffix="_a") + disturbances(r, "run B", suffix="_b"))
+                     disturbed=disturbances(r, "run A", suffix="_a") + disturbances(r, "run B", suffix="_b"),
+                     processes=fewest_processes(r.get("processes_a"), r.get("processes_b")))
               if ok_ else None for ok_, (_, r) in zip(ok, both.iterrows())]
     both["throughput_verdict"] = pd.array([v.verdict if v else pd.NA for v in judged], dtype="string")
     both["throughput_verdict_reason"] = pd.array([v.reason if v else pd.NA for v in judged], dtype="string")
