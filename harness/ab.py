@@ -9,9 +9,10 @@ reason). Here each case of A is measured next to the same case of B, alternating
 - Settings: A and B are the suite with each side's `--set` overrides (`run.threads=1` vs
   `run.threads=2`, `moe.impl=loop` vs `moe.impl=grouped`). Both must expand to the same number of
   cases; case i of A is compared with case i of B.
-- Commits: each ref is checked out into its own git worktree under OUT/src-{A,B}, and its workers
-  import `harness` from there (the runner, suite and job format are this checkout's; a ref whose worker
-  cannot read this checkout's job files fails its cases with the worker's message).
+- Commits: each ref is checked out into its own git worktree under OUT/src-{A,B} (removed again when
+  the measurements end), and its workers import `harness` from there (the runner, suite and job format
+  are this checkout's; a ref whose worker cannot read this checkout's job files fails its cases with
+  the worker's message).
 
 OUT/A and OUT/B are ordinary run folders (report, compare, history all read them); the comparison of
 B against A is `compare`'s decision (B slower than A beyond the threshold and significant: exit 1),
@@ -147,6 +148,9 @@ def main(args: argparse.Namespace) -> int:
     finally:
         for lock in locks:
             lock.release()
+        for side in (a, b):
+            if side.code is not None:  # the checkouts were only for measuring; the rows keep each commit
+                subprocess.run(["git", "worktree", "remove", "--force", str(side.code)], capture_output=True, check=False)
     return report(out, a, b, jobs_a, jobs_b, args.threshold, args.alpha)
 
 
