@@ -53,6 +53,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
         p.add_argument("--record", metavar="HISTORY",
                        help="when the run ends, append it to this history (an SQLite file, or a folder/ of files)")
+        p.add_argument("--nnodes", type=int, default=1, help="multi-rank cases: nodes per case (one runner per node, "
+                       "started alike; docs/distributed.md)")
+        p.add_argument("--node-rank", type=int, default=0, help="multi-rank cases on several nodes: this node's rank "
+                       "(node 0 stores the rows)")
+        p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="multi-rank cases on several nodes: node 0's "
+                       "address and a free port, the same on every node")
         verbosity = p.add_mutually_exclusive_group()
         verbosity.add_argument("--quiet", action="store_true", help="print only the final summary")
         verbosity.add_argument("--verbose", action="store_true", help="also print worker logs")

@@ -20,6 +20,8 @@ from pathlib import Path
 from harness import oom
 from harness.config import Case
 from harness.contracts import RESULT_VERSION, Calibration, WorkerJob, WorkerResult, read_versioned
+from harness.parallel import launcher
+from harness.parallel.launcher import Rendezvous
 
 JOB_PREFIX = "harness-job-"
 
@@ -83,6 +85,7 @@ def run_job(
     pair_with: Case | None = None,
     code: Path | None = None,
     process: int = 1,
+    rendezvous: Rendezvous = Rendezvous(),
 ) -> WorkerResult:
     """Run one worker; always returns a result with a status, whatever happened to the worker.
 
@@ -91,6 +94,9 @@ def run_job(
 
     With `pair_with`, the worker times the two cases interleaved and returns both sides' samples.
     `process` numbers the worker among the case's run.processes (its own log file past the first).
+    A case with `parallel.nproc` > 1 runs as a group of ranks under torchrun (`harness.parallel.launcher`),
+    the whole group being one of those processes; on a node other than node 0 (several nodes) an ok
+    group returns a result marked `elsewhere`: its row is stored by node 0's runner, which holds rank 0.
     """
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -101,7 +107,10 @@ def run_job(
     with tempfile.TemporaryDirectory(prefix=f"{JOB_PREFIX}{os.getpid()}-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(payload.model_dump_json())
-        cmd = [sys.executable, "-m", "harness.worker", str(job_path), str(result_path)]
+        group = job.case.parallel.nproc > 1 and pair_with is None
+        worker_args = [str(job_path), str(result_path)]
+        cmd = (launcher.command(job.case.parallel.nproc, worker_args, rendezvous)
+               if group else [sys.executable, "-m", "harness.worker", *worker_args])
         memory_before = oom.read_counters()
         with open(log_path, "w") as log:
             env = None
@@ -121,12 +130,29 @@ def run_job(
             sys.stderr.write(log_path.read_text(errors="replace"))
         if result_path.exists():
             return read_versioned(WorkerResult, json.loads(result_path.read_text()), RESULT_VERSION, str(result_path))
+        if group:
+            return _group_result(job, result_path, log_path, rendezvous, memory_before)
         if returncode < 0:
             status, reason = oom.explain_signal(returncode, proc.pid, memory_before, oom.read_counters())
         else:
             status, reason = "failed", f"worker exited with code {returncode} and no result"
         tail = _last_line(log_path)
         return WorkerResult(status=status, error=f"{reason}: {tail}" if tail else reason)
+
+
+def _group_result(job: Job, result_path: Path, log_path: Path, rendezvous: Rendezvous,
+                  memory_before: oom.Counters) -> WorkerResult:
+    ranks = launcher.rank_results(result_path)
+    local = job.case.parallel.nproc
+    if rendezvous.node_rank > 0 and len(ranks) == local and all(r.status == "ok" for r in ranks.values()):
+        return WorkerResult(status="ok", elsewhere=True)
+
+    def explain(returncode: int, pid: int) -> tuple[str, str]:
+        return oom.explain_signal(returncode, pid, memory_before, oom.read_counters())
+
+    world = local * rendezvous.nnodes
+    status, reason = launcher.group_failure(ranks, world, log_path.read_text(errors="replace"), explain)
+    return WorkerResult(status=status, error=reason)
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -3,10 +3,13 @@
 Each process returns a complete row of its own (timing, memory, contention; energy and the per-step
 and routing records come from the first process only). The row a run stores pools them: timing
 statistics over every process's steps with the hierarchical interval, the worst contention reading,
-the largest peak memory. Pure functions of the worker results, so a resumed run pools the same way.
+the largest peak memory. A multi-rank case's process is one whole torchrun group, whose rank 0
+returns the group's merged row (samples_s: the group's step times); its parallel columns pool in
+`pool_groups`. Pure functions of the worker results, so a resumed run pools the same way.
 """
 from __future__ import annotations
 
+import statistics
 from typing import Any, Optional, Sequence
 
 from harness.metrics import contention
@@ -47,7 +50,30 @@ def pool(parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     if peaks:
         row["peak_memory_bytes"] = max(peaks)
     row.update(contention.combine(parts))
+    if first.get("world_size"):
+        row.update(pool_groups(parts))
     return row
+
+
+GROUP_MEDIANS = ("straggler_ratio", "all_to_all_ms", "all_to_all_share", "grad_sync_ms", "expert_rank_imbalance")
+GROUP_BYTES = ("all_to_all_bytes_per_rank", "grad_sync_bytes_per_rank")
+
+
+def pool_groups(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The parallel columns of a multi-rank row from its processes, each one whole torchrun group:
+    the median over the groups of each group reading and, rank by rank, of each rank's step time and
+    expert rows; each rank's largest peak memory (as `peak_memory_bytes` takes the largest)."""
+    out: dict[str, Any] = {}
+    for key in (*GROUP_MEDIANS, *GROUP_BYTES):
+        values = [p[key] for p in parts if p.get(key) is not None]
+        if values:
+            out[key] = int(statistics.median(values)) if key in GROUP_BYTES else statistics.median(values)
+    for key, pick, fmt in (("rank_step_ms", statistics.median, "{:.3f}"), ("rank_expert_rows", statistics.median, "{:.1f}"),
+                           ("rank_peak_memory_bytes", max, "{:.0f}")):
+        per_rank = [[float(v) for v in p[key].split()] for p in parts if p.get(key)]
+        if per_rank and len({len(r) for r in per_rank}) == 1:
+            out[key] = " ".join(fmt.format(pick(values)) for values in zip(*per_rank))
+    return out
 
 
 def pool_interleaved(parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:

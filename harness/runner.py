@@ -21,6 +21,7 @@ from harness.contracts import Calibration, RunInfo, WorkerResult
 from harness.environment import comparable, fingerprint, worker_threads
 from harness.launch import Job, clean_stale_job_folders, run_job
 from harness.lock import RunLock, note_takeover
+from harness.parallel.launcher import Rendezvous
 from harness.pooling import INTERLEAVED, PER_PROCESS, interleaved_done, pool, processes_done, with_interleaved
 from harness.progress import Progress
 from harness.rows import result_row
@@ -181,6 +182,11 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
     stored = {(r["case_id"], r["workload"]): r for r in store.rows()
               if not (args.rerun_failed and r.get("status") != "ok")}
     todo = [job for job in jobs if not _finished(stored.get(job.key), job, suite)]
+    try:
+        rendezvous = Rendezvous(getattr(args, "nnodes", 1), getattr(args, "node_rank", 0),
+                                getattr(args, "rdzv_endpoint", None))
+    except ValueError as exc:
+        raise SuiteError(str(exc)) from None
     threads = _probe_threads(jobs)
     speed = dict(meta.speed or {})
     interrupted = None
@@ -202,7 +208,8 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
                     row = stored.get(job.key)
                     if process > job.case.run.processes or (row is not None and row.get("status") != "ok"):
                         continue
-                    stored[job.key] = _advance(job, row, process, store, expansion, suite, here, context, args, progress)
+                    stored[job.key] = _advance(job, row, process, store, expansion, suite, here, context, args,
+                                               progress, rendezvous)
     except Interrupted as exc:
         interrupted = str(exc)
 
@@ -255,20 +262,30 @@ def _units_done(row: dict[str, Any] | None, job: Job, suite: Suite) -> int:
 
 
 def _interleaves(job: Job, row: dict[str, Any], suite: Suite) -> bool:
-    return bool(suite.interleave and job.case.kind == "moe" and row.get("status") == "ok" and row.get("matched_to"))
+    """Whether the row gets an interleaved pass: an ok MoE row with a baseline, in one process (a
+    multi-rank group cannot alternate steps with another group)."""
+    return bool(suite.interleave and job.case.kind == "moe" and row.get("status") == "ok" and row.get("matched_to")
+                and job.case.parallel.nproc == 1)
 
 
 def _advance(job: Job, row: dict[str, Any] | None, process: int, store: RunStore, expansion: Expansion, suite: Suite,
-             fp: dict[str, Any], context: Calibration, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+             fp: dict[str, Any], context: Calibration, args: argparse.Namespace, progress: Progress,
+             rendezvous: Rendezvous = Rendezvous()) -> dict[str, Any] | None:
     """Run what `process` of this job still lacks (the worker, then its interleaved pass) and store the
-    row pooled over every process so far; returns that row."""
+    row pooled over every process so far; returns that row (on a node other than node 0 of a
+    multi-node case, which stores nothing, the row it was given)."""
     parts = list((row or {}).get(PER_PROCESS) or [])
     inter = list((row or {}).get(INTERLEAVED) or [])
     total = job.case.run.processes
     if len(parts) < process:
         progress.start(job.case.id, job.case.kind, job.workload)
         started = time.perf_counter()
-        result = run_job(job, store.root, echo_logs=args.verbose, context=context, process=process)
+        result = run_job(job, store.root, echo_logs=args.verbose, context=context, process=process,
+                         rendezvous=rendezvous)
+        if result.model_extra.get("elsewhere"):  # node 0's runner stores this row
+            progress.finish({"case_id": job.case.id, "kind": job.case.kind, "workload": job.workload,
+                             "status": "elsewhere", "error": "stored by node 0"}, time.perf_counter() - started)
+            return row
         if result.status != "ok":
             failed = result_row(job.case, job.workload, result, expansion, suite.name, fp)
             if process > 1:

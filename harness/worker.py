@@ -13,33 +13,20 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
-
-
-def die_with_parent() -> None:
-    """Linux: if the runner is killed (even with SIGKILL), this worker goes too instead of lingering.
-
-    Called before torch is imported: the import takes seconds, and a runner killed during it must
-    not leave an orphan behind.
-    """
-    parent = os.getppid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the runner died before the request took effect
-        os._exit(1)
-
+from typing import TYPE_CHECKING, Any, Optional
 
 if __name__ == "__main__":
+    from harness.lifeline import die_with_parent
+
     die_with_parent()
 
 import torch  # noqa: E402 - after the parent-death request above
 
 from harness.config import Case  # noqa: E402
 from harness.contracts import JOB_VERSION, Calibration, IdlePower, WorkerJob, WorkerResult, read_versioned  # noqa: E402
+
+if TYPE_CHECKING:
+    from harness.parallel.measure import RankSession
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -79,9 +66,10 @@ def limit_memory(case: Case, device: torch.device) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit * 2**20, limit * 2**20))
 
 
-def prepare(case: Case, workload_name: str, device: torch.device):
+def prepare(case: Case, workload_name: str, device: torch.device, session: "RankSession | None" = None):
     """The seeded model on its device (a user's MoE implementation checked against the reference
-    first; compiled when `run.compile` asks) and the workload around it."""
+    first; in a multi-rank case cut down to this rank's experts; compiled when `run.compile` asks)
+    and the workload around it."""
     from harness.models import impl_check
     from harness.models.compile import compile_model
     from harness.models.transformer import build_model
@@ -92,12 +80,21 @@ def prepare(case: Case, workload_name: str, device: torch.device):
     torch.manual_seed(case.run.seed)
     model = build_model(case, device)
     impl_check.check(model, case)
+    sync = None
+    if session is not None:
+        from harness.parallel.model import parallelize
+
+        sync = parallelize(model, session.groups, session.recorder)
     compile_model(model, case.run.compile)
-    return model, make_workload(workload_name, model, case, device)
+    workload = make_workload(workload_name, model, case, device)
+    if sync is not None and workload.training:
+        sync.attach(workload.optimizer)
+    return model, workload
 
 
-def tiny_copy(case: Case) -> Case:
-    """The case at toy widths and batch 1: the same code paths (modules, kernels, optimizer) at no cost."""
+def tiny_copy(case: Case, ranks: int = 1) -> Case:
+    """The case at toy widths and one sequence per rank: the same code paths (modules, kernels,
+    optimizer) at no cost."""
     model = case.model.model_copy(update=dict(
         d_model=8, n_heads=1, n_kv_heads=None, head_dim=None, d_ff=8, kv_lora_rank=8, rope_head_dim=2,
         q_lora_rank=8 if case.model.q_lora_rank else None,
@@ -106,16 +103,16 @@ def tiny_copy(case: Case) -> Case:
     moe = case.moe
     if moe is not None:
         moe = moe.model_copy(update=dict(d_expert=None, d_shared=None, dense_residual=8 if moe.dense_residual else None))
-    return case.model_copy(update=dict(model=model, moe=moe, run=case.run.model_copy(update=dict(batch_size=1))))
+    return case.model_copy(update=dict(model=model, moe=moe, run=case.run.model_copy(update=dict(batch_size=ranks))))
 
 
-def warm_up(case: Case, workload_name: str, device: torch.device) -> None:
+def warm_up(case: Case, workload_name: str, device: torch.device, ranks: int = 1) -> None:
     """Run the probe and a step on a tiny copy of the case, so one-time runtime allocations (lazy
     imports, FlopCounterMode's first use: about 70 MB) happen before the case's memory is measured.
     A Hugging Face model is not shrunk (a checkpoint fixes its shapes): its net peak includes them."""
     if case.model.source != "native":
         return
-    tiny = tiny_copy(case)
+    tiny = tiny_copy(case, ranks)  # a rank reads its share of the batch; no collectives here
     model, workload = prepare(tiny, workload_name, device)
     probe(model, workload, tiny, device)
     workload.step()
@@ -143,23 +140,28 @@ def probe(model: torch.nn.Module, workload, case: Case, device: torch.device, wi
     }
 
 
-def build_and_probe(case: Case, workload_name: str, device: torch.device):
+def build_and_probe(case: Case, workload_name: str, device: torch.device, session: "RankSession | None" = None):
     """Build the case, probe it and run one more step, measuring the memory this takes from before the
     build (`peak_memory_net_*`): the second step is where a training peak holds the optimizer state
     the first one created. Returns (model, workload, probe result, net peak columns)."""
     from harness.metrics import memory
 
-    window = memory.NetPeak.open(device, warm_up=lambda: warm_up(case, workload_name, device))
-    model, workload = prepare(case, workload_name, device)
+    ranks = session.groups.layout.world_size if session is not None else 1
+    window = memory.NetPeak.open(device, warm_up=lambda: warm_up(case, workload_name, device, ranks))
+    model, workload = prepare(case, workload_name, device, session)
     first = probe(model, workload, case, device, window)
     workload.step()
     return model, workload, first, window.close()
 
 
-def measure(case: Case, workload_name: str, context: Calibration | None = None, process: int = 1) -> dict[str, Any]:
+def measure(case: Case, workload_name: str, context: Calibration | None = None, process: int = 1,
+            session: "RankSession | None" = None) -> Optional[dict[str, Any]]:
     """The measured fields of a `WorkerResult`: the row's columns, per-layer routing and per-step losses.
+
     `process` says which of the case's run.processes this is: only the first runs the energy pass
-    (the others time the steps alone)."""
+    (the others time the steps alone). In a multi-rank case (`session`) every rank measures its share
+    and rank 0 returns the group's result (`harness.parallel.measure`); the other ranks return None.
+    """
     from harness import accounting
     from harness.metrics import contention, energy, memory, nvml, stability, utilisation
     from harness.metrics.statistics import summarize
@@ -168,18 +170,21 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
 
     context = context or Calibration()
     first_process = process == 1
-    device = resolve_device(case.run.device)
+    device = session.device if session is not None else resolve_device(case.run.device)
     limit_memory(case, device)
     compiling_before = compile_seconds() if case.run.compile else None
-    model, workload, first, net_peak = build_and_probe(case, workload_name, device)
+    model, workload, first, net_peak = build_and_probe(case, workload_name, device, session)
 
     energy.cooldown(case.run.cooldown_s)
     gpu_start = nvml.gpu_state(device)
     memory.reset_peak(device)
+    step, agree = (workload.step, bool) if session is None else (session.recorded(workload.step), session.agree)
     timings, disturbance = contention.watch(
-        lambda: time_steps(workload.step, device, case.run.warmup, case.run.repeats, case.run.min_time_s),
-        device, torch.get_num_threads(),
+        lambda: time_steps(step, device, case.run.warmup, case.run.repeats, case.run.min_time_s, agree=agree),
+        device, torch.get_num_threads(), waited=None if session is None else session.waited_s,
     )
+    if session is not None:
+        session.recorder.stop()
     stats = summarize(timings.seconds, seed=case.run.seed)
     peak = memory.peak_memory(device)
 
@@ -215,9 +220,10 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
     # Energy pass: separate from (and after) timing, so neither perturbs the other (docs/energy.md).
     idle = context.idle.get(device.type, IdlePower())
     if case.run.measure_energy and first_process:
+        clock = {} if session is None else {"clock": session.clock}
         row.update(energy.measure_energy(
             workload.step, device, workload.tokens_per_step, case.run.energy_window_s,
-            idle.idle_power_w, idle.cpu_idle_power_w,
+            idle.idle_power_w, idle.cpu_idle_power_w, **clock,
         ))
     else:
         row.update(energy.skipped("run.measure_energy is false" if first_process else "measured in the first process only"))
@@ -231,6 +237,19 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
     if hasattr(model, "impl_label") and case.moe is not None:
         row["impl"] = model.impl_label
     steps = workload.step_log()
+    if session is not None:
+        from harness.parallel import measure as group
+
+        records = session.gather(group.rank_record(session, row, len(timings.seconds), steps))
+        if records is None:
+            return None
+        row = group.merge(records, case.parallel.expert, session.backend, case.run.seed)
+        steps = group.merge_steps(records)
+        group_peak = utilisation.Peak(
+            None if peak_tflops.tflops is None else peak_tflops.tflops * len(records),
+            peak_tflops.source if peak_tflops.tflops is None else f"{peak_tflops.source}, x {len(records)} ranks",
+        )
+        row.update(utilisation.utilisation_columns(per_token, row["tokens_per_s"], group_peak))
     if workload.training:
         token_choice = case.moe is not None and case.moe.router != "expert_choice"
         limit = stability.max_load_cv(case.moe.experts, case.moe.k) if token_choice else 0.0
@@ -261,9 +280,67 @@ def write_result_atomic(path: Path, result: WorkerResult) -> None:
     os.replace(tmp, path)
 
 
+def start_rank(case: Case) -> "RankSession":
+    """Join the group torchrun started: one device per rank on GPU (LOCAL_RANK), the process groups of
+    the case's layout with its collective timeout."""
+    from harness.parallel.group import backend_for, init_from_env, local_rank
+    from harness.parallel.measure import RankSession
+
+    if "RANK" not in os.environ:
+        raise RuntimeError("parallel.nproc > 1: this worker must be started by torch.distributed.run (the runner does)")
+    device = resolve_device(case.run.device)
+    if device.type == "cuda":
+        if local_rank() >= torch.cuda.device_count():
+            raise RuntimeError(f"parallel.nproc {case.parallel.nproc}: local rank {local_rank()} needs its own GPU, "
+                               f"and this node has {torch.cuda.device_count()}")
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    backend = backend_for(case.parallel.backend, device)
+    groups = init_from_env(case.parallel.expert, backend, case.parallel.timeout_s)
+    return RankSession(groups, device, backend, local_rank())
+
+
+def rank_main(job: WorkerJob, result_path: Path) -> int:
+    """One rank of a multi-rank case. Every rank writes its own status file; rank 0 also writes the
+    group's result. A failing rank exits at once without tearing down the group: torchrun sees the
+    exit and stops the other ranks, whose collectives would otherwise wait for the timeout."""
+    import time
+
+    from harness.parallel.comm import CollectiveError
+    from harness.parallel.launcher import rank_path
+
+    rank = int(os.environ.get("RANK", "0"))
+
+    def leave(result: WorkerResult, code: int) -> None:
+        write_result_atomic(rank_path(result_path, rank), result)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def stopped(signum, frame):  # noqa: ARG001 - signal handler signature
+        leave(WorkerResult(status="failed", error=f"stopped by torchrun ({signal.Signals(signum).name}) after "
+                           "another rank failed", victim=True, at=time.time()), 128 + signum)
+
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        session = start_rank(job.case)
+        measured = measure(job.case, job.workload, job.context, job.process, session)
+    except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case
+        traceback.print_exc()
+        leave(WorkerResult(status=classify(exc), error=one_line(exc), victim=isinstance(exc, CollectiveError),
+                           at=time.time()), 1)
+    if measured is not None:
+        write_result_atomic(result_path, WorkerResult(status="ok", **measured))
+    torch.distributed.destroy_process_group()
+    write_result_atomic(rank_path(result_path, rank), WorkerResult(status="ok"))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     job_path, result_path = Path(argv[0]), Path(argv[1])
     job = read_versioned(WorkerJob, json.loads(job_path.read_text()), JOB_VERSION, str(job_path))
+    if job.case.parallel.nproc > 1 and job.pair_with is None:
+        return rank_main(job, result_path)
     try:
         if job.pair_with is not None:
             measured = measure_interleaved(job.case, job.pair_with, job.workload)

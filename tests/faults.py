@@ -40,7 +40,6 @@ segfaults = _make(_segfault)
 slow = _make(lambda: time.sleep(0.3))
 
 
-
 def _killed():
     """Killed by SIGKILL, as a person or a supervisor would."""
     os.kill(os.getpid(), signal.SIGKILL)
@@ -58,3 +57,19 @@ def _oom_killed():
 killed = _make(_killed)
 oom_killed = _make(_oom_killed)
 noop = _make(lambda: None)
+
+
+def _kills_rank1(model, case, device):
+    """Rank 1 of a multi-rank case dies by SIGKILL at its third step (the probe's is the first); the
+    ranks meet between steps, so rank 0 is then waiting on it."""
+    calls = []
+
+    def step():
+        calls.append(1)
+        if os.environ.get("RANK") == "1" and len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return Workload(step, tokens_per_step=1, training=False)
+
+
+kills_rank1 = _kills_rank1

@@ -54,3 +54,34 @@ def test_without_a_gpu_it_runs_nothing_and_exits_2(capsys, monkeypatch, tmp_path
     assert gpu_smoke.main(["--out", str(tmp_path / "run")]) == 2
     assert "nothing was run" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_multi_gpu_suite_is_an_ep2_case_and_its_dp2_baseline():
+    suite = load_suite(gpu_smoke.MULTI_SUITE, overrides=("run.device=cpu", "parallel.backend=gloo"))
+    cases = {case.kind: case for case in expand(suite)}
+    assert set(cases) == {"moe", "dense"}
+    assert (cases["moe"].parallel.nproc, cases["moe"].parallel.expert) == (2, 2)
+    assert (cases["dense"].parallel.nproc, cases["dense"].parallel.expert) == (2, 1)
+    assert load_suite(gpu_smoke.MULTI_SUITE, overrides=("run.device=cpu",)).parallel.backend == "nccl"
+
+
+def test_multi_gpu_checks_name_a_group_that_did_not_measure_its_exchange():
+    group = dict(world_size=2, ep_size=2, dp_size=1, backend="nccl", straggler_ratio=1.02, all_to_all_ms=3.0,
+                 all_to_all_share=0.2, all_to_all_bytes_per_rank=1 << 20, rank_step_ms="15.0 15.3")
+    good = pd.DataFrame([row(**group), row(case_id="b" * 12, kind="dense", top_k=None,
+                                          **{**group, "ep_size": 1, "dp_size": 2, "all_to_all_share": 0.0,
+                                             "all_to_all_bytes_per_rank": 0})])
+    assert gpu_smoke.problems(good) == []
+    assert "a2a share" in gpu_smoke.group_table(good) and "15.0 15.3" in gpu_smoke.group_table(good)
+    bad = pd.DataFrame([row(**{**group, "backend": "gloo", "all_to_all_share": 0.0, "straggler_ratio": None})])
+    found = gpu_smoke.problems(bad)
+    assert len(found) == 3
+    assert "not nccl" in found[0] and "straggler" in found[1] and "not timed" in found[2]
+
+
+def test_multi_without_two_gpus_runs_nothing_and_exits_2(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert gpu_smoke.main(["--multi", "--out", str(tmp_path / "run")]) == 2
+    assert "needs 2 CUDA GPUs, 1 visible" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -69,9 +69,11 @@ class Window:
     load_end: Optional[float]
 
     @classmethod
-    def between(cls, before: Reading, after: Reading, threads: int) -> "Window":
+    def between(cls, before: Reading, after: Reading, threads: int, waited_s: float = 0.0) -> "Window":
+        """`waited_s`: time the process spent blocked on its peers (a rank of a multi-rank case in its
+        collectives), which it could not have used a CPU for; the shares count the rest of the window."""
         wall = after.wall - before.wall
-        capacity = wall * max(threads, 1)
+        capacity = max(wall - waited_s, 0.0) * max(threads, 1)
         share = (after.cpu - before.cpu) / capacity if capacity > 0 else None
         wait = None
         if before.run_wait_s is not None and after.run_wait_s is not None and capacity > 0:
@@ -154,9 +156,10 @@ def judge(
     return Contention(tuple(reasons), columns)
 
 
-def combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def combine(parts: Sequence[dict[str, Any]], label: str = "process") -> dict[str, Any]:
     """The row's contention columns from its processes' (each a `row_columns` dict): the worst reading
-    of each kind, and every contended process's reasons, labelled with its number."""
+    of each kind, and every contended process's reasons, labelled with its number (`label` 'rank':
+    the ranks of one multi-rank group, numbered from 0 as torch.distributed does)."""
     if not parts:
         return {}
 
@@ -164,7 +167,8 @@ def combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = [p.get(key) for p in parts if p.get(key) is not None]
         return pick(values) if values else None
 
-    reasons = [f"process {i + 1}: {p['contention_reason']}" if len(parts) > 1 else p["contention_reason"]
+    first = 0 if label == "rank" else 1
+    reasons = [f"{label} {i + first}: {p['contention_reason']}" if len(parts) > 1 else p["contention_reason"]
                for i, p in enumerate(parts) if p.get("contended")]
     throttles = sorted({r for p in parts for r in str(p.get("gpu_throttle_reasons") or "").split(", ")
                         if r and r != "none" and not r.startswith("unavailable")})
@@ -306,16 +310,20 @@ def merge_gpu(*states: GpuState) -> GpuState:
     return GpuState(max(counts) if counts else None, throttle)
 
 
-def watch(run: Callable[[], Any], device: Any, threads: int, probe_s: float = 0.05) -> tuple[Any, dict[str, Any]]:
+def watch(run: Callable[[], Any], device: Any, threads: int, probe_s: float = 0.05,
+          waited: Optional[Callable[[], float]] = None) -> tuple[Any, dict[str, Any]]:
     """Run a timed pass between two readings (and two calibration probes); returns its result and
-    the contention columns of that window."""
+    the contention columns of that window. `waited`: a running total of the seconds the process
+    spent blocked on its peers (a rank's collectives), left out of the CPU and run-queue shares."""
     cuda = getattr(device, "type", str(device)) == "cuda"
     before = matmul_probe(probe_s, device=device)
     gpu_start = gpu_state(device) if cuda else None
+    waited_before = waited() if waited else 0.0
     start = read()
     result = run()
     end = read()
+    waited_s = (waited() - waited_before) if waited else 0.0
     gpu = merge_gpu(gpu_start, gpu_state(device)) if cuda else None
     after = matmul_probe(probe_s, device=device)
-    verdict = judge(Window.between(start, end, threads), threads, cores(), before, after, gpu, busy_cores=not cuda)
+    verdict = judge(Window.between(start, end, threads, waited_s), threads, cores(), before, after, gpu, busy_cores=not cuda)
     return result, row_columns(verdict)

@@ -44,22 +44,27 @@ def time_steps(
     min_time_s: float = 0.0,
     max_warmup: int = 20,
     max_repeats: int = 1000,
+    agree: Callable[[bool], bool] = bool,
 ) -> Timings:
-    """Run `warmup` (at least) warmup steps, then timed repeats; returns per-step seconds."""
+    """Run `warmup` (at least) warmup steps, then timed repeats; returns per-step seconds.
+
+    `agree` turns this process's "one more step?" into the answer every process of a multi-rank case
+    acts on (any rank wanting more), so all ranks run the same steps; it runs between steps.
+    """
     if device.type == "cuda":
-        return _time_cuda(step, device, warmup, repeats, min_time_s, max_warmup, max_repeats)
+        return _time_cuda(step, device, warmup, repeats, min_time_s, max_warmup, max_repeats, agree)
     warm: list[float] = []
-    while len(warm) < warmup or (len(warm) < max(warmup, max_warmup) and warmup and not _settled(warm)):
+    while agree(len(warm) < warmup or (len(warm) < max(warmup, max_warmup) and warmup and not _settled(warm))):
         warm.append(_time_once_cpu(step))
     times: list[float] = []
     started = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - started < min_time_s and len(times) < max_repeats):
+    while agree(len(times) < repeats or (time.perf_counter() - started < min_time_s and len(times) < max_repeats)):
         times.append(_time_once_cpu(step))
     capped = time.perf_counter() - started < min_time_s
     return Timings(times, len(warm), "perf_counter", capped)
 
 
-def _time_cuda(step, device, warmup, repeats, min_time_s, max_warmup, max_repeats) -> Timings:
+def _time_cuda(step, device, warmup, repeats, min_time_s, max_warmup, max_repeats, agree=bool) -> Timings:
     """CUDA events around each step; one synchronisation per read-out batch, not per step."""
 
     def run_batch(n: int) -> list[float]:
@@ -73,10 +78,10 @@ def _time_cuda(step, device, warmup, repeats, min_time_s, max_warmup, max_repeat
 
     torch.cuda.synchronize(device)
     warm: list[float] = run_batch(warmup) if warmup else []
-    while warmup and len(warm) < max(warmup, max_warmup) and not _settled(warm):
+    while agree(bool(warmup) and len(warm) < max(warmup, max_warmup) and not _settled(warm)):
         warm += run_batch(1)
     times = run_batch(repeats)
-    while sum(times) < min_time_s and len(times) < max_repeats:
+    while agree(sum(times) < min_time_s and len(times) < max_repeats):
         times += run_batch(min(repeats, max_repeats - len(times)))
     return Timings(times, len(warm), "cuda_event", sum(times) < min_time_s)
 

@@ -10,5 +10,7 @@ seeded model, keeps its share of the experts and trains on its share of the glob
 - `expert.py`: the expert-parallel dispatch that `MoELayer` uses instead of its local one (counts
   exchanged first, tokens to their experts' ranks, local experts through the usual impls, back again);
 - `data.py`: data parallelism: one bucketed gradient all-reduce before each optimizer step;
-- `model.py`: turns a built model into this rank's part.
+- `model.py`: turns a built model into this rank's part;
+- `launcher.py`: the torchrun command for a case, and which rank failed when a group left no result;
+- `measure.py`: what each rank measures and the one row rank 0 makes of the group's records.
 """

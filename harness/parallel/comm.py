@@ -37,6 +37,8 @@ class CommRecorder:
         self.cuda = device.type == "cuda"
         self._steps: list[dict[str, Any]] = []
         self._current: Optional[dict[str, Any]] = None
+        self.blocked_s = 0.0
+        """Host seconds spent inside collectives, recorded or not (the contention reading leaves them out)."""
 
     def start_step(self) -> None:
         self._current = {"time": defaultdict(list), "bytes": defaultdict(int), "expert_rows": 0}
@@ -60,6 +62,7 @@ class CommRecorder:
         except Exception as exc:  # noqa: BLE001 - re-raised with the collective named
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CollectiveError(f"{kind} collective failed: {first}") from exc
+        self.blocked_s += time.perf_counter() - start
         if step is not None:
             if self.cuda:
                 events[1].record()

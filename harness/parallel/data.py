@@ -71,6 +71,6 @@ class GradientSync:
         if self.bias_routers and self.world is not None:
             pending = [router.pending_load for router in self.bias_routers]
             flat = torch.cat(pending)
-            self.recorder.all_reduce(flat, self.world, "moe_stats")
+            self.recorder.all_reduce(flat, self.world, "grad_sync")
             for buffer, total in zip(pending, flat.split([b.numel() for b in pending])):
                 buffer.copy_(total)
