@@ -75,6 +75,22 @@ def test_combine_keeps_the_worst_reading_and_labels_processes():
     assert combine([]) == {}
 
 
+def test_time_a_rank_waited_on_its_peers_is_not_counted_as_a_denied_cpu():
+    # 2 s window, 0.9 s of CPU, 1 s blocked in collectives: the rank used 0.9 of the 1 s it could run
+    before, after = Reading(0.0, 0.0, None, None, None, 0.0), Reading(2.0, 0.9, None, None, None, 0.05)
+    assert Window.between(before, after, 1).cpu_share == pytest.approx(0.45)
+    waited = Window.between(before, after, 1, waited_s=1.0)
+    assert waited.cpu_share == pytest.approx(0.9) and waited.run_wait_share == pytest.approx(0.05)
+    assert not judge(waited, 1, 2).contended
+    assert Window.between(before, after, 1, waited_s=5.0).cpu_share is None  # nothing left to judge
+
+
+def test_combine_labels_the_ranks_of_a_group_from_zero():
+    calm = row_columns(judge(_window(share=0.98), 1, 2))
+    stalled = row_columns(judge(_window(share=0.30), 1, 2))
+    assert combine([calm, stalled], label="rank")["contention_reason"] == "rank 1: cpu share 0.30 of 1 thread"
+
+
 def test_proc_readers(tmp_path):
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n")

@@ -18,6 +18,7 @@ from harness.cli import main
 from harness.contracts import WorkerResult
 from harness.parallel.launcher import Rendezvous, command, group_failure, root_cause
 from harness.parallel.measure import merge, merge_steps
+from harness.pooling import PER_PROCESS
 from harness.store import RunStore
 from tests.test_runner import _wait_for_rows, _workers_with
 
@@ -26,7 +27,7 @@ SUITE = """
 name: par
 model: {vocab_size: 64, d_model: 16, n_layers: 2, n_heads: 2, d_ff: 32, seq_len: 8}
 moe: {num_experts: 4, top_k: 2, impl: grouped}
-run: {batch_size: 4, warmup: 1, repeats: 2, timeout_s: 120, device: cpu, measure_energy: false, threads: 1}
+run: {batch_size: 4, warmup: 1, repeats: 2, timeout_s: 120, device: cpu, measure_energy: false, threads: 1, processes: 2}
 parallel: {nproc: 2, expert: 2, timeout_s: 60}
 workloads: [train_step]
 """
@@ -85,6 +86,12 @@ def test_moe_and_dense_rows_carry_the_group_columns(interrupted_then_resumed):
         per_rank = [int(v) for v in str(row["rank_peak_memory_bytes"]).split()]
         assert row["peak_memory_bytes"] == max(per_rank)
     assert len(str(moe["rank_expert_rows"]).split()) == 2 and moe["expert_rank_imbalance"] >= 1.0
+    # run.processes 2: each process is one whole group of 2 ranks, and the row pools both groups
+    assert (trained["processes"] == 2).all() and (trained["repeats"] >= 2 * 2).all()
+    assert trained["contended"].notna().all() and trained["cpu_share"].notna().all()
+    for row in RunStore(out).rows():
+        groups = row[PER_PROCESS]
+        assert len(groups) == 2 and all(g["world_size"] == 2 and len(g["samples_s"]) >= 2 for g in groups)
 
 
 def test_a_killed_rank_is_a_row_naming_it_and_the_run_goes_on(tmp_path, write_suite):
@@ -160,6 +167,39 @@ def test_merge_sums_gpu_energy_over_ranks_and_reads_a_host_meter_once_per_node()
     assert merge(records, ep_size=1, backend="nccl", seed=0)["energy_j"] is None
 
 
+def test_merge_flags_the_group_as_disturbed_as_its_worst_rank():
+    records = [_record(0, [0.1], [], 1, 1.0), _record(1, [0.1], [], 1, 1.0)]
+    records[0]["row"].update(contended=False, contention_reason=None, cpu_share=0.95)
+    records[1]["row"].update(contended=True, contention_reason="cpu share 0.40 of 1 thread", cpu_share=0.40)
+    row = merge(records, ep_size=2, backend="gloo", seed=0)
+    assert row["contended"] and row["contention_reason"] == "rank 1: cpu share 0.40 of 1 thread"
+    assert row["cpu_share"] == pytest.approx(0.40)
+
+
+def test_processes_of_a_multi_rank_case_pool_as_whole_groups():
+    """Each process is one torchrun group whose rank 0 merged its row: timing pools over the groups'
+    step times; group readings take the median over the groups, per-rank ones rank by rank."""
+    from harness.pooling import pool
+
+    def group(samples, straggler, a2a, steps, peaks, contended=False):
+        return {"samples_s": samples, "tokens_per_step": 32, "tokens_per_s": 32 / samples[0], "world_size": 2,
+                "straggler_ratio": straggler, "all_to_all_ms": a2a, "all_to_all_share": a2a / 100,
+                "all_to_all_bytes_per_rank": 1000, "grad_sync_ms": 1.0, "rank_step_ms": steps,
+                "rank_peak_memory_bytes": peaks, "peak_memory_bytes": max(map(int, peaks.split())),
+                "rank_expert_rows": "10.0 6.0", "contended": contended,
+                "contention_reason": "rank 1: cpu share 0.40 of 1 thread" if contended else None}
+
+    row = pool([group([0.10, 0.12], 1.1, 20.0, "100.000 110.000", "500 700"),
+                group([0.20, 0.22], 1.5, 40.0, "200.000 150.000", "600 650", contended=True),
+                group([0.10, 0.11], 1.2, 30.0, "120.000 130.000", "550 600")])
+    assert row["processes"] == 3 and row["repeats"] == 6 and len(row["samples_s"]) == 3
+    assert row["tokens_per_s"] == pytest.approx(32 / 0.115)  # global batch over the pooled median step
+    assert row["straggler_ratio"] == pytest.approx(1.2) and row["all_to_all_ms"] == pytest.approx(30.0)
+    assert row["rank_step_ms"] == "120.000 130.000" and row["rank_peak_memory_bytes"] == "600 700"
+    assert row["peak_memory_bytes"] == 700 and row["all_to_all_bytes_per_rank"] == 1000
+    assert row["contended"] and row["contention_reason"] == "process 2: rank 1: cpu share 0.40 of 1 thread"
+
+
 TORCHRUN_TAIL = """
 Root Cause (first observed failure):
 [0]:
@@ -183,6 +223,12 @@ def test_group_failure_names_the_rank_that_failed_first():
     oom = group_failure({0: victim}, 2, TORCHRUN_TAIL, explain=lambda code, pid: ("oom", f"{code} {pid} evidence"))
     assert oom == ("oom", "rank 1 of 2, no result: -9 4242 evidence")
     assert group_failure({0: victim}, 2, "")[1] == "rank 1 of 2 ended without a result"
+    # on a busy machine the victim's exit can reach torchrun first: the silent rank is among the others listed
+    late = TORCHRUN_TAIL.replace("rank      : 1 (local_rank: 1)", "rank      : 0 (local_rank: 0)")
+    late = "Failures:\n[1]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 4242)\n" + late.replace(
+        "exitcode  : -9 (pid: 4242)", "exitcode  : 1 (pid: 4241)")
+    assert root_cause(late)[0] == 0
+    assert group_failure({0: victim}, 2, late) == ("failed", "rank 1 of 2, no result: killed by SIGKILL")
     assert group_failure({0: victim, 1: WorkerResult(status="ok")}, 2, "")[1].startswith("rank 0 of 2: Collective")
 
 

@@ -24,6 +24,7 @@ from harness.contracts import WorkerResult
 
 SIGNALS = {s.value: s.name for s in signal.Signals}
 ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.S)
+FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank.*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.S)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ def root_cause(log: str) -> Optional[tuple[int, int, int]]:
     return (int(match.group(1)), int(match.group(2)), int(match.group(3))) if match else None
 
 
+def failures(log: str) -> dict[int, tuple[int, int]]:
+    """Every failed rank torchrun's summary lists: rank -> (exit code, pid)."""
+    return {int(m.group(1)): (int(m.group(2)), int(m.group(3))) for m in FAILURE.finditer(log)}
+
+
 def _exit_reason(returncode: int, pid: int) -> tuple[str, str]:  # noqa: ARG001 - the signature of `explain`
     if returncode < 0:
         return "failed", f"killed by {SIGNALS.get(-returncode, f'signal {-returncode}')}"
@@ -100,6 +106,12 @@ def group_failure(ranks: dict[int, WorkerResult], world: int, log: str,
     if root is not None and root[0] in silent:
         status, why = explain(root[1], root[2])
         return status, f"rank {root[0]} of {world}, no result: {why}"
+    # a busy machine can let a victim's exit reach torchrun first: then a silent rank is among the others
+    listed = failures(log)
+    for rank in silent:
+        if rank in listed:
+            status, why = explain(*listed[rank])
+            return status, f"rank {rank} of {world}, no result: {why}"
     if silent:
         return "failed", f"rank {silent[0]} of {world} ended without a result"
     victims = sorted((r.model_extra.get("at", 0.0), rank, r) for rank, r in ranks.items() if r.status != "ok")
