@@ -12,7 +12,7 @@ Conventions (docs/accounting.md explains them for users):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Literal, Optional
 
 from harness.config import GATED, ModelConfig, MoEConfig
@@ -55,10 +55,6 @@ class ParamCounts:
         the head."""
         lookup = self.embedding if self.lm_head else 0
         return self.active - lookup - self.positional
-
-    @property
-    def non_embedding(self) -> int:
-        return self.total - self.embedding - self.positional - self.lm_head
 
 
 @dataclass(frozen=True)
@@ -289,12 +285,6 @@ def step_flops_per_token(
     if training:
         return train_flops_per_token(model, moe)
     return forward_flops(model, moe, seq_len=seq_len).total
-
-
-def param_breakdown(model: ModelConfig, moe: Optional[MoEConfig] = None) -> dict:
-    """Component counts plus totals, for tables and JSON output."""
-    counts = param_counts(model, moe)
-    return {**asdict(counts), "total": counts.total, "active": counts.active}
 
 
 # ----------------------------------------------------------------------------- expert and data parallelism
