@@ -15,6 +15,7 @@ import pandas as pd
 from harness import aa
 from harness.contracts import ContractError, RunInfo, read_run_info
 from harness.errors import UserError
+from harness.labels import capacity_label, config_label  # noqa: F401  (re-exported: their home is labels)
 from harness.metrics import stability
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
 from harness.verdict import DEFAULT_MARGIN, Verdict, decide, disturbances, fewest_processes, unreliable_sentence
@@ -361,29 +362,6 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
     if name in df.columns:
         return pd.to_numeric(df[name], errors="coerce").astype(FLOAT)
     return pd.Series(np.nan, index=df.index, dtype=FLOAT)
-
-
-def config_label(row: pd.Series, extra: tuple[str, ...] = ()) -> str:
-    """A short human name for an MoE configuration, e.g. 'E8 k2 cf1.25' or 'E8 k2 dropless router=switch'."""
-    parts = []
-    if pd.notna(row.get("num_experts")):
-        parts.append(f"E{int(row['num_experts'])}")
-    if pd.notna(row.get("top_k")):
-        parts.append(f"k{int(row['top_k'])}")
-    parts.append(capacity_label(row.get("capacity_factor"), row.get("kind")))
-    for col in extra:
-        value = row.get(col)
-        if value is not None and not pd.isna(value):
-            parts.append(f"{col}={value}")
-    return " ".join(p for p in parts if p)
-
-
-def capacity_label(value: Any, kind: Any = "moe") -> str:
-    if kind == "dense":
-        return ""
-    if value is None or pd.isna(value):
-        return "dropless"
-    return f"cf{float(value):g}"
 
 
 def coverage(df: pd.DataFrame, column: str) -> tuple[int, int, str | None]:

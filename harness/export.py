@@ -88,7 +88,7 @@ def commit_info(fingerprint: dict[str, Any]) -> dict[str, Any]:
 def pytest_benchmark_doc(run_dir: Path) -> tuple[dict[str, Any], int]:
     """The document, and how many rows were left out (not ok, or no raw samples)."""
     from harness.analysis import load_run_info
-    from harness.compare.values import case_label
+    from harness.labels import case_label
     from harness.store import RunStore
 
     Stats = _stats_class()

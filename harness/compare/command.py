@@ -12,8 +12,8 @@ from harness.compare.matching import rekeyed_on_configuration
 from harness.compare.records import CompareError, Results
 from harness.compare.reference import load_results, save_baseline
 from harness.compare.render import render
-from harness.compare.values import as_number
 from harness.environment import comparable
+from harness.values import as_number
 
 
 def environment_mismatch(baseline: Results, current: Results) -> list[str]:

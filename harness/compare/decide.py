@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.compare.records import CaseResult, Results
-from harness.compare.values import usable
 from harness.metrics.statistics import NOISY_RELATIVE_IQR, ratio_ci
 from harness.results import COLUMNS
+from harness.values import usable
 from harness.verdict import CONTENDED, FASTER, ONE_PROCESS, SAME, SLOWER, UNSTABLE, Disturbance, decide
 
 

@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 from harness.compare.decide import METRICS, Metric
 from harness.compare.steps import MIN_WINDOW, Step, WindowInterval, find_steps, window_interval
-from harness.compare.values import as_number, case_label
 from harness.history import Entry, HistoryError
+from harness.labels import case_label
+from harness.values import as_number
 from harness.verdict import NO_INTERVAL, UNRELIABLE, Verdict, decide, disturbances
 
 BETTER, WORSE = "better", "worse"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from harness.compare.values import as_text
+from harness.values import as_text
 
 CONFIG_COLUMNS = ("kind", "baseline", "workload", "num_experts", "top_k", "capacity_factor", "dropless", "router",
                   "impl", "source", "hf_family", "checkpoint", "routing_mode", "granularity", "num_shared_experts",

@@ -5,7 +5,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.compare.values import as_flag, as_number, as_text, case_label, groups_ms, round_sample
+from harness.labels import case_label
+from harness.values import as_flag, as_number, as_text, groups_ms, round_sample
 from harness.verdict import Disturbance, disturbances
 
 Key = tuple[str, str]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.analysis import load, load_run_info
 from harness.compare.records import CaseResult, CompareError, Results
-from harness.compare.values import as_number, plain, strict_json
+from harness.values import as_number, plain, strict_json
 
 BASELINE_FORMAT = "moe-harness-baseline"
 BASELINE_VERSION = 2

@@ -8,8 +8,8 @@ from typing import Any
 
 from harness.compare.decide import Comparison, Finding
 from harness.compare.records import Results
-from harness.compare.values import strict_json
 from harness.metrics.statistics import NOISY_RELATIVE_IQR
+from harness.values import strict_json
 
 COLUMNS = ("case_id", "label", "workload", "metric", "baseline", "current", "change", "ci_low", "ci_high", "test",
            "verdict", "note")

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from harness.analysis import config_label, latency_columns, paired, safe_ratio, throughput_ratio_bounds
+from harness.analysis import latency_columns, paired, safe_ratio, throughput_ratio_bounds
 from harness.contracts import RunInfo
 from harness.environment import comparable
+from harness.labels import config_label, configuration
 from harness.report.plots import Plot, new_figure
 from harness.report.tables import Cell, Table, fmt, ratio_cell, text, varying, verdict_cell
 from harness.results import COLUMNS
@@ -63,7 +64,7 @@ def _change_table(both: pd.DataFrame) -> Table:
     worst = changes.idxmin() if changes.notna().sum() >= 2 else None
     for idx, row in both.sort_values("throughput_change", na_position="last").iterrows():
         view = pd.Series({c[:-2]: v for c, v in row.items() if c.endswith("_a")})
-        label = config_label(view, extras) if view.get("kind") == "moe" else f"dense d_ff={view.get('d_ff')}"
+        label = configuration(view, extras)
         table.rows.append([
             Cell(text(row["case_id"])), Cell(text(row["kind_a"])), Cell(label), Cell(text(row["workload"])),
             fmt(row["tokens_per_s_a"]), fmt(row["tokens_per_s_b"]),

@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from harness.analysis import capacity_label, config_label, coverage
+from harness.analysis import coverage
+from harness.labels import capacity_label, config_label, dense_label
 from harness.verdict import UNRELIABLE
 
 PANEL_W, PANEL_H = 4.6, 3.4
@@ -360,10 +361,7 @@ def _case_labels(rows: pd.DataFrame) -> dict[str, str]:
     extras = varying(rows)
     labels = {}
     for _, row in rows.iterrows():
-        if row["kind"] == "moe":
-            label = "MoE " + config_label(row, extras)
-        else:
-            label = "dense" + (f" d_ff={int(row['d_ff'])}" if pd.notna(row.get("d_ff")) else "")
+        label = "MoE " + config_label(row, extras) if row["kind"] == "moe" else dense_label(row)
         if pd.notna(row.get("seed")):
             label += f" seed {int(row['seed'])}"
         unstable = row.get("unstable")

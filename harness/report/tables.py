@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from harness.analysis import better_above_one, config_label, coverage
+from harness.analysis import better_above_one, coverage
+from harness.labels import config_label, configuration, dense_label
 from harness.verdict import FASTER, SAME, SLOWER, UNRELIABLE
 
 MIB = 2**20
@@ -222,7 +223,7 @@ def failures(df: pd.DataFrame) -> Table:
     for _, row in df[df["status"] != "ok"].iterrows():
         table.rows.append([
             Cell(text(row["case_id"])), Cell(text(row["kind"])),
-            Cell(config_label(row, extras) if text(row["kind"]) == "moe" else f"dense d_ff={text(row.get('d_ff'), '?')}"),
+            Cell(configuration(row, extras)),
             Cell(text(row["workload"])), Cell(text(row["status"]), cls="failed"),
             Cell(text(row.get("error"), "no reason recorded")),
         ])
@@ -246,8 +247,7 @@ def all_results(df: pd.DataFrame) -> Table:
                   + ["Processes", "Noisy", "Contended"])
     extras = varying(df)
     for _, row in df.iterrows():
-        label = (config_label(row, extras) if text(row["kind"]) == "moe"
-                 else f"dense ({text(row.get('baseline'), 'baseline')}) d_ff={text(row.get('d_ff'), '?')}")
+        label = config_label(row, extras) if text(row["kind"]) == "moe" else dense_label(row, rule=True)
         noisy = row.get("noisy")
         status = text(row["status"])
         unstable = status == "ok" and _flag(row.get("unstable"))

@@ -19,10 +19,11 @@ import seaborn as sns
 from harness.compare.decide import Metric
 from harness.compare.history import BETTER, DEFAULT_WINDOW, WORSE, Judgement, configurations, judge
 from harness.compare.steps import Step, find_steps
-from harness.compare.values import as_number, case_label
 from harness.history import Entry, History, describe_machine
+from harness.labels import case_label
 from harness.report.plots import Plot, new_figure
 from harness.report.tables import Cell, Table
+from harness.values import as_number
 
 PLOTTED = (Metric("tokens_per_s", timing=True), Metric("peak_memory_bytes", timing=False),
            Metric("energy_j_per_token", timing=False))

@@ -51,23 +51,6 @@ def plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def case_label(row: dict[str, Any]) -> str:
-    """'moe E8 k2 cf1' or 'dense d_ff=160': enough to recognise a case id in a CI log."""
-    kind = as_text(row.get("kind"))
-    if kind == "dense":
-        d_ff = as_number(row.get("d_ff"))
-        return f"dense d_ff={int(d_ff)}" if d_ff is not None else "dense"
-    parts = []
-    for column, prefix in (("num_experts", "E"), ("top_k", "k")):
-        value = as_number(row.get(column))
-        if value is not None:
-            parts.append(f"{prefix}{int(value)}")
-    if parts:
-        cf = as_number(row.get("capacity_factor"))
-        parts.append(f"cf{cf:g}" if cf is not None else "dropless")
-    return " ".join([kind or "", *parts]).strip()
-
-
 def round_sample(value: float) -> float:
     return float(f"{value:.{SAMPLE_DIGITS}g}")
 
