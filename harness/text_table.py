@@ -1,5 +1,6 @@
-"""Plain-text tables for the terminal (`list`, `plan`, the GPU smoke check): each column as wide as its
-widest cell, two spaces apart, a dash for a value that is missing."""
+"""Plain-text tables for the terminal (`list`, `plan`, `compare`, the GPU smoke check): each column as wide as its
+widest cell, two spaces apart, a dash for a value that is missing; and the same rows as Markdown (compare's
+job summaries)."""
 from __future__ import annotations
 
 from typing import Any, Collection, Sequence
@@ -22,3 +23,9 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Col
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return [line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A GitHub Markdown table; a '|' inside a cell is escaped so it cannot split the cell."""
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)]

@@ -20,6 +20,7 @@ from harness.compare.decide import METRICS, Metric
 from harness.compare.steps import MIN_WINDOW, Step, WindowInterval, find_steps, window_interval
 from harness.history import Entry, HistoryError
 from harness.labels import case_label
+from harness.text_table import markdown_table, text_table
 from harness.values import as_number
 from harness.verdict import NO_INTERVAL, UNRELIABLE, Verdict, decide, disturbances
 
@@ -198,21 +199,12 @@ def render_history(c: HistoryComparison, fmt: str) -> str:
     if fmt == "markdown":
         lines = [f"**{headline}**", "", f"run {c.source} vs history {c.history}", ""]
         if rows:
-            lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-            for row in rows:
-                bold = row[7] in (WORSE, "failed", "missing")
-                row = [cell.replace("|", "\\|") for cell in row]
-                if bold:
-                    row[7] = f"**{row[7]}**"
-                lines.append("| " + " | ".join(row) + " |")
+            bold = (WORSE, "failed", "missing")
+            lines += markdown_table(headers, [[*r[:7], f"**{r[7]}**" if r[7] in bold else r[7], *r[8:]] for r in rows])
         return "\n".join(lines) + (f"\n\n{c.recorded}\n" if c.recorded else "\n")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = [f"run {c.source} vs history {c.history}", ""]
     if rows:
-        lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-        lines.append("")
+        lines += [*text_table(headers, rows), ""]
     if c.recorded:
         lines.append(c.recorded)
     lines.append(headline)

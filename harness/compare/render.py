@@ -9,6 +9,7 @@ from typing import Any
 from harness.compare.decide import Comparison, Finding
 from harness.compare.records import Results
 from harness.metrics.statistics import NOISY_RELATIVE_IQR
+from harness.text_table import markdown_table, text_table
 from harness.values import strict_json
 
 COLUMNS = ("case_id", "label", "workload", "metric", "baseline", "current", "change", "ci_low", "ci_high", "test",
@@ -33,16 +34,10 @@ def render(comparison: Comparison, fmt: str) -> str:
         lines = [f"**{_headline(comparison)}**", "", _context(comparison), ""]
         if comparison.noisy_cases:
             lines += [_noise_warning(comparison), ""]
-        lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        for f, row in zip(comparison.findings, rows):
-            row[-1] = f"**{row[-1]}**" if f.regression else row[-1]
-            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        marked = [[*row[:-1], f"**{row[-1]}**" if f.regression else row[-1]] for f, row in zip(comparison.findings, rows)]
+        lines += markdown_table(headers, marked)
         return "\n".join(lines) + "\n"
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = [_context(comparison), ""]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = [_context(comparison), "", *text_table(headers, rows)]
     notes = list(dict.fromkeys(f"  {f.case_id} {f.workload}: {f.note}" for f in comparison.findings if f.note))
     if notes:
         lines += ["", "notes:", *notes]
