@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal, Optional
 
-from harness.config import GATED, ModelConfig, MoEConfig
+from harness.config import GATED, TRAINING_WORKLOADS, ModelConfig, MoEConfig
 
 BYTES_PER_ELEMENT = {"float32": 4, "bfloat16": 2, "float16": 2}
 TRAIN_TO_FORWARD = 3.0
@@ -327,7 +327,7 @@ def parallel_footprint(model: ModelConfig, moe: Optional[MoEConfig], batch_size:
     experts when more than one rank holds each); a ring all-reduce sends 2(n-1)/n of that.
     """
     width = BYTES_PER_ELEMENT[dtype]
-    training = workload in ("train_step", "train", "training")
+    training = workload in TRAINING_WORKLOADS
     if batch_size % world_size:
         raise ValueError(f"the global batch ({batch_size}) must be divisible by the world size ({world_size})")
     local_batch = batch_size // world_size

@@ -24,9 +24,8 @@ import math
 from typing import Optional
 
 from harness.accounting import BYTES_PER_ELEMENT, block_params, param_counts, params_per_rank, routed_per_token
-from harness.config import GATED, Case, ModelConfig, MoEConfig
+from harness.config import BUILTIN_WORKLOADS, GATED, TRAINING_WORKLOADS, Case, ModelConfig, MoEConfig
 
-TRAINING = ("train_step", "quality")
 F32 = 4
 
 
@@ -247,7 +246,7 @@ def memory_estimate(
     width = BYTES_PER_ELEMENT[dtype]
     seq = seq_len or model.seq_len
     tokens = batch_size * seq
-    if workload in TRAINING:
+    if workload in TRAINING_WORKLOADS:
         out = _training(model, moe, tokens, width, device, ep_size)
     elif workload == "forward":
         out = {"weights": _weight_bytes(model, moe, width, ep_size), "working_set": _forward(model, moe, tokens, width)}
@@ -278,7 +277,7 @@ def case_estimate(case: Case, workload: str, device: str) -> Optional[int]:
     """Estimated peak bytes of `case` under a built-in workload as the worker runs it (decode prefills
     `model.seq_len - run.decode_tokens` tokens), on one rank of its layout (its share of the batch and
     of the experts); None for a user's own workload."""
-    if workload not in (*TRAINING, "forward", "decode"):
+    if workload not in BUILTIN_WORKLOADS:
         return None
     seq = case.model.seq_len - case.run.decode_tokens if workload == "decode" else case.model.seq_len
     batch = case.run.batch_size // case.parallel.nproc

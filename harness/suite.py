@@ -17,7 +17,9 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_valid
 
 from harness import safe_yaml
 from harness.config import (
+    BUILTIN_WORKLOADS,
     BYTE_VOCAB,
+    TRAINING_WORKLOADS,
     BaselineKind,
     Case,
     ModelConfig,
@@ -60,9 +62,6 @@ class Sweep(BaseModel):
             if 0 in lengths.values() or not group:
                 raise ValueError("zip group has an empty list")
         return groups
-
-
-BUILTIN_WORKLOADS = ("train_step", "forward", "decode", "quality")
 
 
 DEFAULT_MAX_CASES = 1000
@@ -306,9 +305,6 @@ def _values(suite: Suite, key: str, base: Any) -> list[Any]:
     """Every value a key takes across the sweep (grid and zip groups), or its base value."""
     swept = list(suite.sweep.grid.get(key, [])) + [v for group in suite.sweep.zip for v in group.get(key, [])]
     return swept or [base]
-
-
-TRAINING_WORKLOADS = ("train_step", "quality")
 
 
 def _check_dtype(suite: Suite) -> None:

@@ -149,3 +149,10 @@ def test_custom_workload_module_must_exist(write_suite):
     msg = error_of(write_suite, "name: x\nworkloads: ['nosuchpkg.faults:raises']\n")
     assert "workloads" in msg and "no module 'nosuchpkg.faults'" in msg
     assert load_suite(write_suite("name: x\nworkloads: ['tests.faults:raises']\n"))
+
+
+def test_the_suite_accepts_exactly_the_registered_workloads():
+    from harness.config import BUILTIN_WORKLOADS, TRAINING_WORKLOADS
+    from harness.workloads import _registry
+
+    assert set(_registry()) == set(BUILTIN_WORKLOADS) and set(TRAINING_WORKLOADS) <= set(BUILTIN_WORKLOADS)
