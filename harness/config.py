@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
@@ -234,6 +234,11 @@ class RunSettings(_Frozen):
     dtype: Dtype = Field(default="float32", description="float32, bfloat16 or float16")
     device: Device = Field(default="auto", description="auto (CUDA when present), cpu or cuda")
     seed: int = Field(default=0, ge=0, description="seed of weights and data")
+    seeds: Optional[list[Annotated[int, Field(ge=0, le=INT64_MAX)]]] = Field(
+        default=None, min_length=1,
+        description="replication: run every case once per seed (each MoE paired with the baseline of the same seed); "
+        "the analysis reports means and intervals over seeds. Replaces run.seed; null: run.seed only",
+    )
     warmup: int = Field(default=2, ge=0, description="minimum untimed steps; warmup goes on until timings settle (at most 20)")
     repeats: PositiveInt = Field(default=5, description="minimum timed repeats")
     min_time_s: float = Field(default=0.0, ge=0, le=3600, description="keep repeating until this much time was measured (at most 1,000 repeats; `min_time_capped` says when that stopped it)")
@@ -274,6 +279,13 @@ class RunSettings(_Frozen):
         default=None, gt=0, description="clip the global gradient norm to this value before each optimizer step (training workloads); null: no clipping"
     )
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: Optional[list[int]]) -> Optional[list[int]]:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"a seed is listed twice ({seeds})")
+        return seeds
+
 
 class ParallelConfig(_Frozen):
     """How many ranks run a case and how the experts are split across them (docs/distributed.md)."""
@@ -299,7 +311,7 @@ class ParallelConfig(_Frozen):
 ADDED_LATER: dict[str, tuple[str, ...]] = {
     "parallel": (),  # the whole section, when single-process
     "model": ("source", "config", "path", "attention", "kv_lora_rank", "q_lora_rank", "rope_head_dim"),
-    "run": ("hf_experts_implementation", "compile", "eval_every", "grad_clip"),
+    "run": ("hf_experts_implementation", "compile", "eval_every", "grad_clip", "seeds"),
     "moe": ("router_init_std", "dense_residual", "loss_reduction"),
 }
 """Settings added after case ids were first stored: `Case.id` leaves each out while it is at its default
@@ -373,4 +385,11 @@ class Case(_Frozen):
                     del data[section][name]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def config_id(self) -> str:
+        """The id of this case with its seed left out (`run.seed` at its default): the cases `run.seeds`
+        makes of one configuration share it, so the analysis can pair and pool them over seeds."""
+        run = self.run.model_copy(update={"seed": RunSettings.model_fields["seed"].default, "seeds": None})
+        return self.model_copy(update={"run": run}).id
 

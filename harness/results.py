@@ -57,6 +57,7 @@ COLUMNS: dict[str, Column] = _schema(
         Column("error", STRING, "", "one-line reason when status is not 'ok'"),
         Column("suite", STRING, "", "suite name"),
         Column("seed", INT, "", "random seed of weights and data"),
+        Column("config_id", STRING, "", "the case id with the seed left out: rows of one configuration under run.seeds share it (and pair by seed)"),
     ]),
     ("configuration", [
         Column("num_experts", INT, "", "routed experts (after fine-grained splitting); empty for dense"),

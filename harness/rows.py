@@ -20,6 +20,7 @@ def case_columns(case: Case, expansion: Expansion, suite_name: str) -> dict[str,
     own = accounting.summary(m, moe)
     row: dict[str, Any] = {
         "case_id": case.id,
+        "config_id": case.config_id,
         "kind": case.kind,
         "baseline": case.baseline,
         "suite": suite_name,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import aa, safe_yaml
-from harness.analysis import load, paired
+from harness.analysis import load, load_steps, paired
 from harness.calibration import calibrate, speed_drift, speed_probes
 from harness.contracts import Calibration, RunInfo, WorkerResult
 from harness.environment import comparable, fingerprint, worker_threads
@@ -27,7 +27,7 @@ from harness.progress import Progress
 from harness.rows import result_row
 from harness.store import RunFolderError, RunStore
 from harness.suite import Suite, SuiteError, build_suite, load_suite
-from harness.summary import print_summary
+from harness.summary import print_quality, print_summary
 from harness.sweep import Expansion, expand
 
 
@@ -232,6 +232,7 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
         meta.aa = aa.summarize(paired(frame, "aa_copy")).to_json()
         store.write_meta(meta)
     print_summary(frame, meta)
+    print_quality(frame, load_steps(store.root))
     if not args.no_report:
         _write_report(store.root)
     failed = int((frame["status"] != "ok").sum())

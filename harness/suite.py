@@ -299,6 +299,10 @@ def _check_sweep_keys(suite: Suite) -> None:
             raise SuiteError(f"sweep.{key}: unknown key{hint}")
         if key == "model.path":
             raise SuiteError("sweep.model.path: a checkpoint fixes the whole model; run one suite per checkpoint")
+        if key in ("run.seed", "run.seeds") and suite.run.seeds is not None:
+            raise SuiteError(f"sweep.{key}: run.seeds already runs every case once per seed; give the seeds in one place")
+        if key == "run.seeds":
+            raise SuiteError("sweep.run.seeds: set run.seeds: [...] (every case once per seed) instead of sweeping it")
 
 
 def _values(suite: Suite, key: str, base: Any) -> list[Any]:
@@ -325,10 +329,10 @@ def _check_device(suite: Suite) -> None:
 
 
 def sweep_size(suite: Suite) -> int:
-    """How many sweep points the suite has, counted without building them."""
+    """How many sweep points the suite has (seeds included), counted without building them."""
     return math.prod(len(values) for values in suite.sweep.grid.values()) * math.prod(
         len(next(iter(group.values()))) for group in suite.sweep.zip
-    )
+    ) * len(suite.run.seeds or [None])
 
 
 def _check_size(suite: Suite) -> None:

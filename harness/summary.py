@@ -43,3 +43,43 @@ def print_summary(df: pd.DataFrame, info: RunInfo | None = None) -> None:
         print("\n" + aa.summarize(pairs).sentence())
     for note in trust_notes(pairs, df, info):
         print("\n" + note)
+
+
+def quality_table(df: pd.DataFrame, steps: pd.DataFrame | None) -> pd.DataFrame:
+    """One line per MoE configuration trained by the quality workload: val_loss on both sides (mean over
+    seeds), Δval_loss and the time-to-target speedup with their intervals over seeds and verdicts."""
+    from harness.analysis import config_label
+    from harness.quality import replicates, to_target
+
+    if df.empty or not ((df["workload"] == "quality") & (df["kind"] == "moe")).any():
+        return pd.DataFrame()
+    rule = "flop_matched" if (df["baseline"] == "flop_matched").fillna(False).any() else "param_matched"
+    table = replicates(to_target(paired(df, rule), steps))
+    if table.empty:
+        return table
+
+    def interval(lo: float, hi: float, form: str) -> str:
+        return "-" if pd.isna(lo) or pd.isna(hi) else f"[{lo:{form}}, {hi:{form}}]"
+
+    return pd.DataFrame({
+        "configuration": [config_label(row) for _, row in table.iterrows()],
+        "seeds": table["seeds"],
+        "val_loss": table["val_loss_mean"], "dense_val_loss": table["dense_val_loss_mean"],
+        "delta": table["delta_val_loss"],
+        "delta_ci": [interval(lo, hi, "+.3f") for lo, hi in zip(table["delta_val_loss_ci_low"], table["delta_val_loss_ci_high"])],
+        "quality": table["quality_verdict"],
+        "time_x": table["time_speedup"],
+        "time_ci": [interval(lo, hi, ".2f") for lo, hi in zip(table["time_speedup_ci_low"], table["time_speedup_ci_high"])],
+        "time": table["time_verdict"],
+        "step_x": table["step_speedup"], "energy_x": table["energy_speedup"],
+    })
+
+
+def print_quality(df: pd.DataFrame, steps: pd.DataFrame | None) -> None:
+    table = quality_table(df, steps)
+    if table.empty:
+        return
+    print("\nQuality: each MoE configuration against its baseline trained on the same seed (val_loss in nats/byte; "
+          "delta = MoE - dense, below 0 favours MoE; time_x, step_x, energy_x: how many times sooner the MoE reached "
+          "the loss both reached, above 1 favours MoE; intervals are 95% over seeds):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))

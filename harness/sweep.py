@@ -43,6 +43,8 @@ def _axes(suite: Suite) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
     for group in suite.sweep.zip:
         keys = tuple(group)
         axes.append((keys, list(zip(*group.values()))))
+    if suite.run.seeds:  # replication: the innermost axis, so a configuration's seeds run one after another
+        axes.append((("run.seed",), [(seed,) for seed in suite.run.seeds]))
     return axes
 
 
@@ -138,6 +140,7 @@ def _moe_case(suite: Suite, point: dict[str, Any]) -> Case:
         "parallel": suite.parallel.model_dump(),
     }
     data = copy.deepcopy(base)
+    data["run"]["seeds"] = None  # each case runs one seed of the list; point sets it
     for key, value in point.items():
         section, _, name = key.partition(".")
         data[section][name] = value

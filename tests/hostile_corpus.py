@@ -60,6 +60,9 @@ def bad_values(field: Any) -> list[tuple[str, str]]:
     """YAML texts that no field with this annotation may accept (the strict, finite schema)."""
     leaves = _leaves(field.annotation)
     types = {t for t, _ in leaves}
+    if all(typing.get_origin(t) is list for t in types):  # run.seeds: a list of non-negative ints
+        return [("scalar", "3"), ("mapping", "{a: 1}"), ("strings", "['a']"), ("empty", "[]"), ("negative", "[-1]"),
+                ("huge", f"[{2**64}]")]
     constraints = [c for _, cs in leaves for c in cs] + list(field.metadata)
     bad: list[tuple[str, str]] = [("list", "[1]"), ("mapping", "{a: 1}")]
     if int in types:

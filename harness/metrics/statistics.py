@@ -185,3 +185,34 @@ def ratio_ci(
     estimate = pooled_median(a) / pooled_median(b)
     dof = len(a) - 1 if paired else len(a) + len(b) - 2
     return (estimate, *_interval(estimate, ratios, min(len(a), len(b)), confidence, dof))
+
+
+def paired_mean_ci(differences: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of per-seed paired differences, Student's t interval over the seeds.
+
+    One value per seed (MoE minus its baseline trained on the same seed): what the two runs of a seed
+    share, the data order and the initial weights' luck, cancels in the difference, and the spread
+    between seeds is what the interval carries. Seeds are few (3 is usual), too few for a bootstrap,
+    whose percentile interval from 3 values is far too narrow; t with n-1 degrees of freedom is the
+    textbook paired interval. Fewer than 2 finite values: no interval (NaN bounds).
+    """
+    x = np.asarray(list(differences), dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, float("nan"), float("nan")
+    from scipy.stats import t
+
+    half = float(t.ppf(1 - (1 - confidence) / 2, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, mean - half, mean + half
+
+
+def paired_ratio_ci(ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(geometric mean, low, high) of per-seed ratios (speedups): `paired_mean_ci` on their logarithms,
+    since a ratio of 2 and one of 0.5 are equally far from 1. Non-positive values are left out."""
+    x = np.asarray(list(ratios), dtype=float)
+    x = x[np.isfinite(x) & (x > 0)]
+    mean, low, high = paired_mean_ci(np.log(x), confidence)
+    return tuple(float(np.exp(v)) if math.isfinite(v) else float("nan") for v in (mean, low, high))  # type: ignore[return-value]

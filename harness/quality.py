@@ -1,0 +1,270 @@
+"""Quality per unit of time and energy: how much sooner an MoE reaches the loss its dense baseline
+reaches, and what several seeds say about it.
+
+An MoE is usually slower per step than its FLOP-matched dense model and reaches a given loss in fewer
+steps; the answer a user needs is the product (Switch Transformer's "7x pre-training speedup" is a
+time-to-quality ratio). Built on the held-out learning curve of the quality workload (`steps.csv`,
+`val_loss` every `run.eval_every` steps) and the measured median step time and energy per token.
+
+Pure functions over pandas frames: `steps_to_target` (one curve), `to_target` (the speedup columns
+of each MoE/dense pair), `replicates` (one row per configuration over its seeds, with paired
+intervals and the verdict from `harness.verdict`). Never imports torch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from harness.metrics.statistics import paired_mean_ci, paired_ratio_ci
+from harness.verdict import UNRELIABLE, Disturbance, Verdict, decide, disturbances
+
+QUALITY_MARGIN = 0.01
+"""Δval_loss (nats per byte) inside ±this is called 'same': the spread a thread count alone moves a run by."""
+SPEEDUP_MARGIN = 0.05
+"""Time-to-target speedups inside [1/1.05, 1.05] are called 'same'."""
+BETTER, WORSE = "better", "worse"
+
+TO_TARGET_COLUMNS = {
+    "target_val_loss": "the higher of the pair's two final val_loss values: the loss both the MoE and its baseline reached",
+    "steps_to_target": "training steps after which the MoE's held-out loss first reached target_val_loss, interpolated "
+                       "linearly between evaluations (run.eval_every)",
+    "time_to_target_s": "steps_to_target x the MoE's median step time: training seconds to the target",
+    "flops_to_target": "steps_to_target x training FLOPs per step (analytic)",
+    "energy_to_target_j": "steps_to_target x measured energy per step (energy_j_per_token x tokens per step); empty "
+                          "where energy was not measured",
+    "dense_steps_to_target": "the same for the dense baseline", "dense_time_to_target_s": "the same for the dense baseline",
+    "dense_flops_to_target": "the same for the dense baseline", "dense_energy_to_target_j": "the same for the dense baseline",
+    "step_speedup": "dense_steps_to_target / steps_to_target: above 1 the MoE reached the loss in fewer steps",
+    "time_speedup": "dense_time_to_target_s / time_to_target_s: above 1 the MoE reached the loss sooner in wall time",
+    "flop_speedup": "dense_flops_to_target / flops_to_target",
+    "energy_speedup": "dense_energy_to_target_j / energy_to_target_j",
+    "to_target_note": "why the speedups are empty, when they are",
+    "delta_val_loss": "val_loss - dense_val_loss (nats per byte): below 0 the MoE ended better",
+}
+"""Columns `to_target` adds to a quality pair (docs/quality.md)."""
+
+
+@dataclass(frozen=True)
+class Reach:
+    """When a curve first reached a loss: `steps` (fractional, interpolated), or None and `why` not."""
+
+    steps: Optional[float]
+    why: str = ""
+
+
+def steps_to_target(steps: Sequence[float], losses: Sequence[float], target: float) -> Reach:
+    """The training steps after which a held-out curve first reached `target` (loss <= target).
+
+    `steps[i]` is how many updates the model had when it scored `losses[i]`. The crossing is
+    interpolated linearly between the last evaluation above the target and the first at or below it.
+    When the very first evaluation is already at or below the target, the curve cannot say when it
+    got there (somewhere before it): None, never a guess. None too when no evaluation reaches it.
+    """
+    points = [(float(s), float(v)) for s, v in zip(steps, losses) if math.isfinite(float(v))]
+    points.sort()
+    if not points or not math.isfinite(target):
+        return Reach(None, "no held-out curve")
+    for i, (s, v) in enumerate(points):
+        if v <= target:
+            if i == 0:
+                return Reach(None, f"reached at or before the first evaluation (step {s:g}); set run.eval_every lower")
+            s0, v0 = points[i - 1]
+            return Reach(s0 + (v0 - target) / (v0 - v) * (s - s0))
+    return Reach(None, f"not reached (lowest {min(v for _, v in points):.4f} > {target:.4f})")
+
+
+def curves(steps: Optional[pd.DataFrame]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """case_id -> (training steps done, held-out loss) of every quality case's learning curve in
+    `steps.csv` (a row's `step` is 0-based, so the model had step + 1 updates when it was scored)."""
+    if steps is None or "val_loss" not in steps.columns:
+        return {}
+    data = steps[(steps["workload"] == "quality") & pd.to_numeric(steps["val_loss"], errors="coerce").notna()]
+    return {str(case): (group["step"].to_numpy(float) + 1, pd.to_numeric(group["val_loss"]).to_numpy(float))
+            for case, group in data.sort_values("step").groupby("case_id")}
+
+
+def _num(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return number
+
+
+def _per_step(row: pd.Series, prefix: str) -> dict[str, float]:
+    """Seconds, training FLOPs and joules of one training step of one side of a pair."""
+    tokens = _num(row.get("tokens_per_step"))
+    if not tokens > 0:
+        tokens = _num(row.get("quality_tokens")) / _num(row.get("quality_steps"))
+    return {
+        "time": _num(row.get(f"{prefix}latency_ms_median")) / 1000,
+        "flops": _num(row.get(f"{prefix}train_flops_per_token")) * tokens,
+        "energy": _num(row.get(f"{prefix}energy_j_per_token")) * tokens,
+    }
+
+
+def pair_to_target(row: pd.Series, curve: Optional[tuple], dense_curve: Optional[tuple]) -> dict[str, Any]:
+    """The `TO_TARGET_COLUMNS` of one MoE/dense quality pair (a `paired` row) from both curves."""
+    moe_final, dense_final = _num(row.get("val_loss")), _num(row.get("dense_val_loss"))
+    out: dict[str, Any] = {name: float("nan") for name in TO_TARGET_COLUMNS}
+    out["to_target_note"] = pd.NA
+    if not (math.isfinite(moe_final) and math.isfinite(dense_final)):
+        out["to_target_note"] = "val_loss not measured on both sides"
+        return out
+    target = max(moe_final, dense_final)
+    out["target_val_loss"], out["delta_val_loss"] = target, moe_final - dense_final
+    reaches = {}
+    for side, found, prefix in (("", curve, ""), ("dense_", dense_curve, "dense_")):
+        reach = steps_to_target(*found, target) if found is not None else Reach(None, "no held-out curve")
+        reaches[side] = reach
+        if reach.steps is None:
+            continue
+        out[f"{side}steps_to_target"] = reach.steps
+        cost = _per_step(row, prefix)
+        out[f"{side}time_to_target_s"] = reach.steps * cost["time"]
+        out[f"{side}flops_to_target"] = reach.steps * cost["flops"]
+        out[f"{side}energy_to_target_j"] = reach.steps * cost["energy"]
+    for name, column in (("step", "steps_to_target"), ("time", "time_to_target_s"), ("flop", "flops_to_target"),
+                         ("energy", "energy_to_target_j")):
+        num, den = out[f"dense_{column}"], out[column]
+        out[f"{name}_speedup"] = num / den if num > 0 and den > 0 else float("nan")
+    missing = [f"{'MoE' if side == '' else 'baseline'}: {r.why}" for side, r in reaches.items() if r.steps is None]
+    if missing:
+        out["to_target_note"] = "; ".join(missing)
+    return out
+
+
+def to_target(pairs: pd.DataFrame, steps: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """The quality pairs of `paired` (workload 'quality', both sides ok), with `TO_TARGET_COLUMNS`.
+
+    The target is the loss both sides reached: the dense baseline's final val_loss when the MoE
+    ended lower (the MoE gets there before its budget, the speedup is above 1), the MoE's when the
+    baseline won (the baseline gets there first, below 1).
+    """
+    quality = pairs[(pairs["workload"] == "quality") & (pairs["status"] == "ok") & (pairs["dense_status"] == "ok")]
+    quality = quality.copy().reset_index(drop=True)
+    found = curves(steps)
+    values = [pair_to_target(row, found.get(str(row["case_id"])), found.get(str(row["dense_case_id"])))
+              for _, row in quality.iterrows()]
+    for name in TO_TARGET_COLUMNS:
+        column = [v[name] for v in values]
+        if name == "to_target_note":
+            quality[name] = pd.array(column, dtype="string")
+        else:
+            quality[name] = pd.Series(column, index=quality.index, dtype="float64")
+    return quality
+
+
+REPLICATE_COLUMNS = {
+    "config_id": "the configuration: the MoE case id with its seed left out",
+    "seeds": "how many seeds have a measured pair", "seed_list": "which seeds",
+    "val_loss_mean": "MoE val_loss, mean over seeds", "dense_val_loss_mean": "its baseline's, mean over seeds",
+    "delta_val_loss": "mean over seeds of MoE - dense val_loss (same seed); below 0 favours MoE",
+    "delta_val_loss_ci_low": "95% paired t interval over seeds, low", "delta_val_loss_ci_high": "and high",
+    "quality_verdict": "better, worse, same or unreliable (harness.verdict on the Δval_loss interval)",
+    "quality_verdict_reason": "why",
+    "time_speedup": "geometric mean over seeds of time_speedup", "time_speedup_ci_low": "95% paired interval, low",
+    "time_speedup_ci_high": "and high", "time_verdict": "faster, slower, same or unreliable (time speedup interval)",
+    "time_verdict_reason": "why",
+    "step_speedup": "geometric mean over seeds of step_speedup", "step_speedup_ci_low": "95%, low",
+    "step_speedup_ci_high": "and high",
+    "energy_speedup": "geometric mean over seeds of energy_speedup", "energy_speedup_ci_low": "95%, low",
+    "energy_speedup_ci_high": "and high",
+}
+"""Columns of `replicates`: one row per MoE configuration, over its seeds (docs/quality.md)."""
+
+
+def group_key(pairs: pd.DataFrame) -> pd.Series:
+    """The configuration each pair replicates: `config_id` (the case id without the seed) where the
+    run recorded it, else the case id itself (a run from before seeds: every case its own group)."""
+    key = pairs["config_id"] if "config_id" in pairs.columns else pd.Series(pd.NA, index=pairs.index)
+    return key.astype("string").fillna(pairs["case_id"].astype("string"))
+
+
+def _unstable(group: pd.DataFrame) -> list[Disturbance]:
+    found = []
+    for _, row in group.iterrows():
+        seed = f" seed {int(row['seed'])}" if pd.notna(row.get("seed")) else ""
+        found += [d for d in disturbances(row, f"MoE{seed}") + disturbances(row, f"baseline{seed}", prefix="dense_")
+                  if d.kind == "unstable"]
+    return found
+
+
+def _contended(group: pd.DataFrame) -> list[Disturbance]:
+    found = []
+    for _, row in group.iterrows():
+        seed = f" seed {int(row['seed'])}" if pd.notna(row.get("seed")) else ""
+        found += [d for d in disturbances(row, f"MoE{seed}") + disturbances(row, f"baseline{seed}", prefix="dense_")
+                  if d.kind != "unstable"]
+    return found
+
+
+def replicates(quality: pd.DataFrame) -> pd.DataFrame:
+    """One row per MoE configuration of `to_target`'s pairs, over its seeds (`REPLICATE_COLUMNS`),
+    plus the configuration's own columns (from its first seed).
+
+    Each seed's MoE is compared with the baseline trained on the same seed (same data order, same
+    initial-weight draw for the shared shapes); the interval is over those per-seed differences
+    (`paired_mean_ci`; ratios on log scale). The verdicts come from `harness.verdict.decide`:
+    Δval_loss withholds (unreliable) when any row of any seed trained unstably; val_loss does not
+    depend on machine load, so contention does not; the time speedup withholds for both. One seed
+    has no interval, so its verdict is 'unreliable': a direction needs seeds.
+    """
+    if quality.empty:
+        return pd.DataFrame(columns=list(REPLICATE_COLUMNS))
+    out = []
+    keys = group_key(quality)
+    for key, group in quality.groupby(keys, sort=False):
+        group = group.sort_values("seed") if "seed" in group.columns else group
+        first = group.iloc[0].to_dict()
+        delta, lo, hi = paired_mean_ci(group["delta_val_loss"])
+        unstable = _unstable(group)
+        verdict = decide(delta, lo, hi, scale="difference", higher_is_better=False, margin=QUALITY_MARGIN,
+                         disturbed=unstable, words=(BETTER, WORSE))
+        entry = {
+            **first, "config_id": key, "seeds": int(group["delta_val_loss"].notna().sum()),
+            "seed_list": " ".join(str(int(s)) for s in group["seed"].dropna()) if "seed" in group.columns else "",
+            "val_loss_mean": float(group["val_loss"].astype(float).mean()),
+            "dense_val_loss_mean": float(group["dense_val_loss"].astype(float).mean()),
+            "delta_val_loss": delta, "delta_val_loss_ci_low": lo, "delta_val_loss_ci_high": hi,
+            "quality_verdict": verdict.verdict, "quality_verdict_reason": verdict.reason,
+        }
+        for name in ("time", "step", "energy"):
+            mean, low, high = paired_ratio_ci(group[f"{name}_speedup"])
+            entry.update({f"{name}_speedup": mean, f"{name}_speedup_ci_low": low, f"{name}_speedup_ci_high": high})
+        time = _time_verdict(entry, group, unstable)
+        entry.update(time_verdict=time.verdict, time_verdict_reason=time.reason)
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def _time_verdict(entry: dict[str, Any], group: pd.DataFrame, unstable: list[Disturbance]) -> Verdict:
+    if not math.isfinite(entry["time_speedup"]):
+        notes = sorted({str(n) for n in group["to_target_note"].dropna()})
+        return Verdict(UNRELIABLE, "; ".join(notes) or "no time-to-target", "no interval")
+    return decide(entry["time_speedup"], entry["time_speedup_ci_low"], entry["time_speedup_ci_high"],
+                  margin=SPEEDUP_MARGIN, disturbed=unstable + _contended(group))
+
+
+def sentence(row: pd.Series | dict) -> str:
+    """One line for a configuration: Δval_loss and time speedup with intervals and verdicts."""
+    get = row.get
+    n = int(get("seeds") or 0)
+    text = f"Δval_loss {get('delta_val_loss'):+.3f}"
+    if math.isfinite(_num(get("delta_val_loss_ci_low"))):
+        text += f" [{get('delta_val_loss_ci_low'):+.3f}, {get('delta_val_loss_ci_high'):+.3f}]"
+    text += f" over {n} seed{'s' * (n != 1)}: {get('quality_verdict')}"
+    if math.isfinite(_num(get("time_speedup"))):
+        text += f"; time to the baseline's loss {get('time_speedup'):.2f}x"
+        if math.isfinite(_num(get("time_speedup_ci_low"))):
+            text += f" [{get('time_speedup_ci_low'):.2f}, {get('time_speedup_ci_high'):.2f}]"
+        text += f": {get('time_verdict')}"
+    return text
+
+
+__all__ = ["BETTER", "QUALITY_MARGIN", "Reach", "SPEEDUP_MARGIN", "WORSE", "curves", "pair_to_target",
+           "replicates", "sentence", "steps_to_target", "to_target"]
