@@ -1,4 +1,4 @@
-"""Command line front end: `python -m harness {run,aa,list,validate,plan,report,compare,merge,ab,history,trends,export,machine} ...`.
+"""Command line front end: `python -m harness {run,aa,list,validate,plan,report,compare,merge,ab,history,trends,export,machine,eval} ...`.
 
 Each command's work lives in its own module; this file only parses arguments and maps
 user-fixable errors (UserError) to one message and exit code 2.
@@ -145,6 +145,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="pytest-benchmark: the --benchmark-json schema, read by pytest-benchmark compare, "
                         "github-action-benchmark and Bencher")
     p.add_argument("--out", required=True, help="the file to write")
+
+    p = sub.add_parser("eval", help="score a quality case's saved weights (run.save_weights) with lm-eval tasks")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder the quality case ran in")
+    p.add_argument("case", metavar="CASE", help="the case id (or a unique prefix of it)")
+    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK", help="shipped local tasks, e.g. harness_cloze harness_prose")
+    p.add_argument("--bootstrap-iters", type=int, default=1000, help="resamples for stderr without a closed form (default 1000)")
     return parser
 
 
@@ -225,6 +231,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from harness.export import main as export_main
 
             return export_main(args)
+        if args.command == "eval":
+            from harness.checkpoint import eval_main
+
+            return eval_main(args)
     except UserError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -279,6 +279,23 @@ class RunSettings(_Frozen):
         default=None, gt=0, description="clip the global gradient norm to this value before each optimizer step (training workloads); null: no clipping"
     )
 
+    eval_capacity_factor: Optional[Union[Annotated[float, Field(gt=0)], Literal["dropless"]]] = Field(
+        default=None,
+        description="quality workload: the MoE capacity factor held-out text is scored at (ST-MoE trains at 1.25 and "
+        "evaluates at 2.0); 'dropless': no limit; null: the training one (moe.capacity_factor)",
+    )
+
+    lmeval_tasks: Optional[list[str]] = Field(
+        default=None, min_length=1,
+        description="quality workload: score the trained model with these lm-eval tasks (shipped: harness_cloze, "
+        "harness_prose, harness_pydoc_cloze) in the worker; columns lmeval_<task>_<metric>[_stderr], lm-eval's results "
+        "JSON in the run folder (extra [lmeval])",
+    )
+    save_weights: bool = Field(
+        default=False, description="quality workload: keep the trained weights in the run folder "
+        "(artifacts/<case>-quality/) for `python -m harness eval RUN CASE --tasks ...`; not part of the case id",
+    )
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: Optional[list[int]]) -> Optional[list[int]]:
@@ -311,7 +328,7 @@ class ParallelConfig(_Frozen):
 ADDED_LATER: dict[str, tuple[str, ...]] = {
     "parallel": (),  # the whole section, when single-process
     "model": ("source", "config", "path", "attention", "kv_lora_rank", "q_lora_rank", "rope_head_dim"),
-    "run": ("hf_experts_implementation", "compile", "eval_every", "grad_clip", "seeds"),
+    "run": ("hf_experts_implementation", "compile", "eval_every", "grad_clip", "seeds", "eval_capacity_factor", "lmeval_tasks", "save_weights"),
     "moe": ("router_init_std", "dense_residual", "loss_reduction"),
 }
 """Settings added after case ids were first stored: `Case.id` leaves each out while it is at its default
@@ -383,6 +400,7 @@ class Case(_Frozen):
             for name in names:
                 if getattr(part, name) == type(part).model_fields[name].default:
                     del data[section][name]
+        data["run"].pop("save_weights", None)  # where the weights are kept, not what is measured
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

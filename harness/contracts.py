@@ -56,6 +56,7 @@ class WorkerJob(_Record):
     context: Calibration = Field(default_factory=Calibration)
     pair_with: Optional[Case] = Field(default=None, description="time this case interleaved with `case`")
     process: int = Field(default=1, ge=1, description="which of the case's run.processes this worker is")
+    run_dir: Optional[str] = Field(default=None, description="the run folder, where a quality case keeps its weights and lm-eval results")
 
 
 class WorkerResult(_Record):

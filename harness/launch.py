@@ -103,7 +103,7 @@ def run_job(
     suffix = (f"-interleaved-{pair_with.id}" if pair_with else "") + (f"-p{process}" if process > 1 else "")
     log_path = logs / f"{job.case.id}-{job.workload}{suffix}.log"
     payload = WorkerJob(case=job.case, workload=job.workload, context=context or Calibration(), pair_with=pair_with,
-                        process=process)
+                        process=process, run_dir=str(run_dir.resolve()))
     with tempfile.TemporaryDirectory(prefix=f"{JOB_PREFIX}{os.getpid()}-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(payload.model_dump_json())

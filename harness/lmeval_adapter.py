@@ -14,6 +14,7 @@ This module imports without lm-eval; using it without lm-eval raises an ImportEr
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any, Iterable, Iterator
 # Read by `datasets` and `huggingface_hub` at import time, so set before lm-eval imports them.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# lm-eval's bootstrap otherwise starts a process pool per metric, inside a measuring worker.
+os.environ.setdefault("DISABLE_MULTIPROC", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -37,11 +40,26 @@ else:
 TASKS_DIR = Path(__file__).parent / "lmeval_tasks"
 BUILTIN_TASKS = ("harness_cloze", "harness_prose")
 PARAGRAPH = ord("\n")
+BOOTSTRAP_ITERS = 1000
+"""Resamples for the stderr of metrics without a closed form (bits_per_byte, perplexities); lm-eval's
+own default is 100,000, minutes on a CPU for a 2-second evaluation."""
+
+
+def lmeval_problem() -> str | None:
+    """Why lm-eval cannot run here (not installed), found without importing it; None when it can."""
+    if importlib.util.find_spec("lm_eval") is None:
+        return "lm-eval is not installed: pip install 'moe-harness[lmeval]' (or pip install lm-eval)"
+    return None
 
 
 def require_lmeval() -> None:
     if not LMEVAL_AVAILABLE:
         raise ImportError("lm-eval is not installed: pip install 'moe-harness[lmeval]' (or pip install lm-eval)")
+
+
+def shipped_tasks(tasks_dir: Path = TASKS_DIR) -> list[str]:
+    """The local tasks in `tasks_dir` (one YAML per task, named after it)."""
+    return sorted(p.stem for p in Path(tasks_dir).glob("*.yaml"))
 
 
 def encode(text: str) -> list[int]:
@@ -150,32 +168,44 @@ def _task_manager(tasks: list[str], tasks_dir: Path):
     return manager
 
 
-def _run(model: Any, tasks: list[str], tasks_dir: Path, **options: Any) -> dict[str, dict[str, Any]]:
+def _run(model: Any, tasks: list[str], tasks_dir: Path, bootstrap_iters: int = BOOTSTRAP_ITERS,
+         results_path: Path | str | None = None, **options: Any) -> dict[str, dict[str, Any]]:
     import lm_eval
+    from lm_eval.utils import handle_non_serializable
 
     manager = _task_manager(tasks, tasks_dir)
     with _working_directory(tasks_dir):
         results = lm_eval.simple_evaluate(
             model=model, tasks=tasks, task_manager=manager, num_fewshot=0,
-            bootstrap_iters=0, log_samples=False, **options,
+            bootstrap_iters=bootstrap_iters, log_samples=False, **options,
         )
+    if results_path is not None:
+        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(results_path).write_text(json.dumps(results, indent=2, default=handle_non_serializable))
     return _metrics(results, tasks)
 
 
 def evaluate(
-    model: torch.nn.Module, tasks: Iterable[str] = BUILTIN_TASKS, tasks_dir: Path | str = TASKS_DIR
+    model: torch.nn.Module, tasks: Iterable[str] = BUILTIN_TASKS, tasks_dir: Path | str = TASKS_DIR,
+    bootstrap_iters: int = BOOTSTRAP_ITERS, results_path: Path | str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Zero-shot lm-eval results per task: {task: {metric: value, ..., "n": documents}}.
+    """Zero-shot lm-eval results per task: {task: {metric: value, metric_stderr: value, ..., "n": documents}}.
 
     Metric names drop lm-eval's ",none" filter suffix; stderr entries that lm-eval could not compute
-    are left out. The model's train/eval mode is restored afterwards.
+    are left out (`bootstrap_iters=0` leaves out those that need a bootstrap). `results_path`: where to
+    keep lm-eval's own results JSON. The model's train/eval mode is restored afterwards.
     """
     require_lmeval()
     was_training = model.training
     try:
-        return _run(ByteLM(model), list(tasks), Path(tasks_dir).resolve(), batch_size=1)
+        return _run(ByteLM(model), list(tasks), Path(tasks_dir).resolve(), bootstrap_iters, results_path, batch_size=1)
     finally:
         model.train(was_training)
+
+
+def columns(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`evaluate`'s results as result-row columns: `lmeval_<task>_<metric>` (and `..._stderr`, `..._n`)."""
+    return {f"lmeval_{task}_{metric}": value for task, metrics in results.items() for metric, value in metrics.items()}
 
 
 def evaluate_hf(
@@ -203,7 +233,7 @@ def _metrics(results: dict[str, Any], tasks: list[str]) -> dict[str, dict[str, A
         metrics = {
             key.split(",")[0]: value
             for key, value in results["results"][task].items()
-            if key not in ("alias", "sample_len") and isinstance(value, (int, float))
+            if key not in ("alias", "sample_len") and isinstance(value, (int, float)) and not isinstance(value, bool)
         }
         out[task] = {**metrics, "n": results["n-samples"][task]["effective"]}
     return out

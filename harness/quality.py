@@ -268,3 +268,125 @@ def sentence(row: pd.Series | dict) -> str:
 
 __all__ = ["BETTER", "QUALITY_MARGIN", "Reach", "SPEEDUP_MARGIN", "WORSE", "curves", "pair_to_target",
            "replicates", "sentence", "steps_to_target", "to_target"]
+
+
+# ----------------------------------------------------------------------------- the papers' directions
+
+CONFIG_KEYS = ("num_experts", "top_k", "capacity_factor", "aux_loss_coef", "router", "granularity",
+               "num_shared_experts", "d_model", "n_layers", "seq_len", "batch_size", "quality_steps", "corpus",
+               "eval_capacity_factor", "impl")
+"""Columns that together name an MoE configuration of a quality run (the seed apart)."""
+LOAD_CV_MARGIN = 0.05
+"""Differences in end-of-training load CV inside ±this are called 'no difference'."""
+SUPPORTED, CONTRADICTED, NO_DIFFERENCE, CANNOT_TELL = "supported", "contradicted", "no difference", "cannot tell"
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A checkable claim: configurations that differ only in `key`, `a` against `b` (chosen among the
+    values the run has), paired by seed, on `metric`; the claim holds when `a` is `expect` than `b`."""
+
+    name: str
+    claim: str
+    key: str
+    metric: str
+    expect: str  # "lower" or "higher"
+    margin: float
+
+
+DIRECTIONS = (
+    Direction("D1", "more experts at equal active FLOPs gives lower loss", "num_experts", "val_loss", "lower",
+              QUALITY_MARGIN),
+    Direction("D2", "capacity factor 1.0 drops more tokens and loses a little against 1.25 or dropless",
+              "capacity_factor", "val_loss", "higher", QUALITY_MARGIN),
+    Direction("D3", "without the balancing loss the expert load collapses (its CV rises)", "aux_loss_coef",
+              "final_load_cv", "higher", LOAD_CV_MARGIN),
+)
+
+
+def final_load_cv(steps: Optional[pd.DataFrame], last: float = 0.1) -> dict[str, float]:
+    """case_id -> mean load CV over the last tenth of a quality case's training steps (steps.csv)."""
+    if steps is None or "load_cv" not in steps.columns:
+        return {}
+    out = {}
+    for case, group in steps[steps["workload"] == "quality"].groupby("case_id"):
+        values = pd.to_numeric(group.sort_values("step")["load_cv"], errors="coerce").dropna()
+        if len(values):
+            out[str(case)] = float(values.iloc[-max(1, int(len(values) * last)):].mean())
+    return out
+
+
+def _value_label(key: str, value: Any) -> str:
+    if key == "capacity_factor":
+        return "dropless" if pd.isna(value) else f"cf{float(value):g}"
+    if key == "num_experts":
+        return f"E{int(value)}"
+    return f"{key}={float(value):g}" if isinstance(value, (int, float)) else f"{key}={value}"
+
+
+def _contrasts(direction: Direction, values: list[Any]) -> list[tuple[Any, Any]]:
+    """(a, b) value pairs of `direction.key` to compare, from the values present."""
+    if direction.key == "num_experts":
+        return [(max(values), min(values))] if len(values) >= 2 else []
+    if direction.key == "capacity_factor":
+        ones = [v for v in values if not pd.isna(v) and float(v) == 1.0]
+        others = [v for v in values if pd.isna(v) or float(v) > 1.0]
+        return [(ones[0], other) for other in others] if ones else []
+    if direction.key == "aux_loss_coef":
+        zero = [v for v in values if float(v) == 0.0]
+        positive = [v for v in values if float(v) > 0.0]
+        return [(zero[0], max(positive))] if zero and positive else []
+    return []
+
+
+def directions(df: pd.DataFrame, steps: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """Each of the papers' `DIRECTIONS` the run can check: configurations that differ only in the
+    direction's key, the difference a - b of the metric paired by seed with its t interval over the
+    seeds, and whether the interval supports the claim (`harness.verdict.decide`: unstable rows
+    withhold it; for D3 a collapsed router is the effect itself, so routing collapse does not)."""
+    moe = df[(df["workload"] == "quality") & (df["kind"] == "moe") & (df["status"] == "ok")].copy()
+    columns = ["direction", "claim", "contrast", "metric", "seeds", "a_mean", "b_mean", "difference", "ci_low",
+               "ci_high", "verdict", "reason"]
+    if moe.empty:
+        return pd.DataFrame(columns=columns)
+    moe["final_load_cv"] = moe["case_id"].astype(str).map(final_load_cv(steps))
+    out = []
+    for direction in DIRECTIONS:
+        if direction.key not in moe.columns or direction.metric not in moe.columns:
+            continue
+        others = [k for k in CONFIG_KEYS if k in moe.columns and k != direction.key]
+        keyed = moe.assign(_key=moe[direction.key].astype(object).where(moe[direction.key].notna(), None))
+        for _, group in keyed.groupby(others, dropna=False, sort=False):
+            values = list(dict.fromkeys(group["_key"]))
+            for a, b in _contrasts(direction, [v if v is not None else float("nan") for v in values]):
+                out.append(_contrast(direction, group, a, b))
+    return pd.DataFrame(out, columns=columns)
+
+
+def _same(value: Any, target: Any) -> bool:
+    if value is None or pd.isna(value):
+        return target is None or pd.isna(target)
+    return target is not None and not pd.isna(target) and float(value) == float(target)
+
+
+def _contrast(direction: Direction, group: pd.DataFrame, a: Any, b: Any) -> dict[str, Any]:
+    side_a = group[[_same(v, a) for v in group["_key"]]].set_index("seed")
+    side_b = group[[_same(v, b) for v in group["_key"]]].set_index("seed")
+    seeds = sorted(set(side_a.index) & set(side_b.index))
+    va = pd.to_numeric(side_a.loc[seeds, direction.metric], errors="coerce").astype(float)
+    vb = pd.to_numeric(side_b.loc[seeds, direction.metric], errors="coerce").astype(float)
+    diff, lo, hi = paired_mean_ci((va - vb).to_numpy())
+    disturbed = []
+    for side, rows in (("a", side_a.loc[seeds]), ("b", side_b.loc[seeds])):
+        for seed, row in rows.iterrows():
+            for d in disturbances(row, f"{_value_label(direction.key, a if side == 'a' else b)} seed {seed}"):
+                if direction.key == "aux_loss_coef" and d.kind == "unstable" and d.reason.startswith("routing collapse"):
+                    continue
+                disturbed.append(d)
+    verdict = decide(diff, lo, hi, scale="difference", higher_is_better=direction.expect == "higher",
+                     margin=direction.margin, disturbed=disturbed, words=(SUPPORTED, CONTRADICTED))
+    word = {"same": NO_DIFFERENCE, UNRELIABLE: CANNOT_TELL}.get(verdict.verdict, verdict.verdict)
+    contrast = f"{_value_label(direction.key, a)} vs {_value_label(direction.key, b)}"
+    return {"direction": direction.name, "claim": direction.claim, "contrast": contrast, "metric": direction.metric,
+            "seeds": len(seeds), "a_mean": float(va.mean()), "b_mean": float(vb.mean()), "difference": diff,
+            "ci_low": lo, "ci_high": hi, "verdict": word, "reason": verdict.reason}

@@ -357,6 +357,15 @@ def workload_problem(case: Case, workload: str) -> Optional[str]:
             )
         if case.run.decode_tokens >= case.model.seq_len:
             return f"run.decode_tokens ({case.run.decode_tokens}) must be smaller than model.seq_len ({case.model.seq_len}) for the decode workload"
+    if workload == "quality" and case.moe is not None and case.run.eval_capacity_factor is not None:
+        if case.moe.router == "expert_choice":
+            return ("run.eval_capacity_factor: expert_choice has no token capacity to change at evaluation (each expert "
+                    "takes a fixed share); use it with a token-choice router")
+        if case.model.source == "hf":
+            return "run.eval_capacity_factor: the hf source runs transformers' own experts; use it with model.source: native"
+    if workload == "quality" and case.run.lmeval_tasks and case.model.source == "hf":
+        return ("run.lmeval_tasks: the quality workload's lm-eval adapter reads the native byte-level model; score a "
+                "Hugging Face checkpoint with harness.lmeval_adapter.evaluate_hf")
     if workload == "quality" and case.parallel.nproc > 1:
         return "parallel.nproc: the quality workload runs in one process; use train_step, forward or decode for multi-rank cases"
     if workload == "quality" and case.model.vocab_size < BYTE_VOCAB:
@@ -365,6 +374,22 @@ def workload_problem(case: Case, workload: str) -> Optional[str]:
             f"set model.vocab_size >= {BYTE_VOCAB} for the quality workload"
         )
     return None
+
+
+def _check_lmeval(suite: Suite) -> None:
+    """run.lmeval_tasks: lm-eval installed, and every task one of the shipped local ones."""
+    asked = [t for tasks in _values(suite, "run.lmeval_tasks", suite.run.lmeval_tasks) if tasks for t in tasks]
+    if not asked:
+        return
+    if "quality" not in suite.workloads:
+        raise SuiteError("run.lmeval_tasks scores the quality workload's trained model; add quality to workloads")
+    from harness.lmeval_adapter import lmeval_problem, shipped_tasks
+
+    if problem := lmeval_problem():
+        raise SuiteError(f"run.lmeval_tasks: {problem}")
+    unknown = sorted(set(asked) - set(shipped_tasks()))
+    if unknown:
+        raise SuiteError(f"run.lmeval_tasks: unknown task(s) {', '.join(unknown)} (shipped: {', '.join(shipped_tasks())})")
 
 
 def _check_compile(suite: Suite) -> None:
@@ -390,6 +415,7 @@ def build_suite(data: dict[str, Any], source: str = "suite", overrides: tuple[st
     _check_device(suite)
     _check_implementations(suite)
     _check_compile(suite)
+    _check_lmeval(suite)
     return suite
 
 

@@ -76,6 +76,8 @@ def quality_table(df: pd.DataFrame, steps: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def print_quality(df: pd.DataFrame, steps: pd.DataFrame | None) -> None:
+    from harness.quality import directions
+
     table = quality_table(df, steps)
     if table.empty:
         return
@@ -83,3 +85,10 @@ def print_quality(df: pd.DataFrame, steps: pd.DataFrame | None) -> None:
           "delta = MoE - dense, below 0 favours MoE; time_x, step_x, energy_x: how many times sooner the MoE reached "
           "the loss both reached, above 1 favours MoE; intervals are 95% over seeds):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    found = directions(df, steps)
+    if len(found):
+        print("\nThe papers' directions (first minus second, paired by seed, 95% interval over seeds):")
+        for _, row in found.iterrows():
+            interval = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+            print(f"  {row['direction']} {row['claim']}: {row['contrast']}, {row['metric']} {row['difference']:+.3f}"
+                  f"{interval} over {int(row['seeds'])} seeds: {row['verdict']}")

@@ -156,7 +156,7 @@ def dense_baseline(case: Case, rule: str) -> Case:
     """The dense case `rule` derives for an MoE case (`accounting.matched_dense`), for `run` and `plan`
     alike; run settings that only concern MoE layers are reset, so variants of one MoE configuration
     share their baseline, and it runs data parallel on the same ranks."""
-    run = case.run.model_copy(update={"hf_experts_implementation": None})
+    run = case.run.model_copy(update={"hf_experts_implementation": None, "eval_capacity_factor": None})
     return Case(
         kind="dense",
         model=accounting.matched_dense(case.model, case.moe, rule),

@@ -155,11 +155,12 @@ def build_and_probe(case: Case, workload_name: str, device: torch.device, sessio
 
 
 def measure(case: Case, workload_name: str, context: Calibration | None = None, process: int = 1,
-            session: "RankSession | None" = None) -> Optional[dict[str, Any]]:
+            session: "RankSession | None" = None, run_dir: str | None = None) -> Optional[dict[str, Any]]:
     """The measured fields of a `WorkerResult`: the row's columns, per-layer routing and per-step losses.
 
-    `process` says which of the case's run.processes this is: only the first runs the energy pass
-    (the others time the steps alone). In a multi-rank case (`session`) every rank measures its share
+    `process` says which of the case's run.processes this is: only the first runs the energy pass and,
+    for a single-rank quality case, saves the weights and scores lm-eval in `run_dir` (the others time
+    the steps alone). In a multi-rank case (`session`) every rank measures its share
     and rank 0 returns the group's result (`harness.parallel.measure`); the other ranks return None.
     """
     from harness import accounting
@@ -230,6 +231,11 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
     row.update({f"{k}_start": v for k, v in gpu_start.items()})
     row.update({f"{k}_end": v for k, v in nvml.gpu_state(device).items()})
     row.update(workload.finish())
+    if workload_name == "quality" and first_process and session is None and run_dir is not None and (case.run.save_weights or case.run.lmeval_tasks):
+        from harness.checkpoint import folder
+        from harness.workloads.quality import after_training
+
+        row.update(after_training(model, case, folder(run_dir, case.id), Path(run_dir)))
     if row.get("decode_tokens"):
         row["per_token_ms"] = row["latency_ms_median"] / row["decode_tokens"]
     if compiling_before is not None:
@@ -345,7 +351,7 @@ def main(argv: list[str]) -> int:
         if job.pair_with is not None:
             measured = measure_interleaved(job.case, job.pair_with, job.workload)
         else:
-            measured = measure(job.case, job.workload, job.context, job.process)
+            measured = measure(job.case, job.workload, job.context, job.process, run_dir=job.run_dir)
         result = WorkerResult(status="ok", **measured)
     except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case
         traceback.print_exc()

@@ -60,7 +60,7 @@ def test_measured_energy_and_quality_are_drawn(tmp_path):
     run = make_run(tmp_path, with_energy=True, with_quality=True)
     html = write_report(run).read_text()
     assert (run / "plots" / "energy_per_token.png").stat().st_size > 0
-    assert (run / "plots" / "quality_vs_train_flops.png").stat().st_size > 0
+    assert (run / "plots" / "val_loss_pairs.png").stat().st_size > 0
     assert "Energy/token ratio" in html and "Quality ratio (val loss)" in html
     assert "Not drawn" not in html
 

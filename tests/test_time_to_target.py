@@ -186,3 +186,50 @@ def test_a_case_without_seeds_keeps_its_id():
     del data["run"]["seeds"]
     plain = expand(build_suite(data)).cases[0]
     assert plain.config_id == plain.id  # seed 0, no seeds: ids stored before run.seeds stay
+
+
+def _direction_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """E2 and E8 (cf1.25), E8 cf1.0, E8 dropless, E8 without aux loss; 3 seeds each, known effects."""
+    configs = [(2, 1.25, 0.01, 1.60), (8, 1.25, 0.01, 1.50), (8, 1.0, 0.01, 1.53), (8, None, 0.01, 1.49),
+               (8, 1.25, 0.0, 1.52)]
+    rows, steps = [], []
+    for experts, cf, aux, loss in configs:
+        for seed, noise in zip((0, 1, 2), (0.0, 0.004, -0.003)):
+            case = f"E{experts}-{cf}-{aux}-{seed}"
+            rows.append({"case_id": case, "kind": "moe", "workload": "quality", "status": "ok", "seed": seed,
+                         "num_experts": experts, "top_k": 1, "capacity_factor": cf, "aux_loss_coef": aux,
+                         "d_model": 64, "val_loss": loss + noise + 0.01 * seed, "unstable": aux == 0.0,
+                         "unstable_reason": "routing collapse at step 40: ..." if aux == 0.0 else None})
+            cv = 2.5 if aux == 0.0 else 0.3
+            steps += [{"case_id": case, "workload": "quality", "step": s, "load_cv": cv + 0.01 * seed} for s in range(20)]
+    return pd.DataFrame(rows), pd.DataFrame(steps)
+
+
+def test_the_papers_directions_are_stated_with_their_intervals():
+    df, steps = _direction_rows()
+    found = quality.directions(df, steps).set_index(["direction", "contrast"])
+    d1 = found.loc[("D1", "E8 vs E2")]
+    assert d1["verdict"] == "supported" and d1["difference"] == pytest.approx(-0.10) and d1["seeds"] == 3
+    assert found.loc[("D2", "cf1 vs cf1.25")]["verdict"] == "supported"
+    assert found.loc[("D2", "cf1 vs dropless")]["difference"] == pytest.approx(0.04)
+    d3 = found.loc[("D3", "aux_loss_coef=0 vs aux_loss_coef=0.01")]
+    assert d3["verdict"] == "supported" and d3["difference"] == pytest.approx(2.2)  # collapse is the effect itself
+
+
+def test_a_direction_the_data_contradicts_or_cannot_tell():
+    df, steps = _direction_rows()
+    flipped = df.assign(val_loss=[v + 0.2 if n == 8 and c == 1.25 and a == 0.01 else v
+                                  for v, n, c, a in zip(df["val_loss"], df["num_experts"], df["capacity_factor"],
+                                                        df["aux_loss_coef"])])
+    assert quality.directions(flipped, steps).set_index("direction").loc["D1", "verdict"] == "contradicted"
+    spiky = df.assign(unstable=df["num_experts"] == 2, unstable_reason="loss spike at step 9")
+    d1 = quality.directions(spiky, steps).set_index("direction").loc["D1"]
+    assert d1["verdict"] == "cannot tell" and "loss spike" in d1["reason"]
+
+
+def test_keeping_the_weights_does_not_change_what_is_measured():
+    import yaml
+
+    case = expand(build_suite(yaml.safe_load(SEEDED))).cases[0]
+    kept = case.model_copy(update={"run": case.run.model_copy(update={"save_weights": True})})
+    assert kept.id == case.id

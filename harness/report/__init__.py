@@ -71,9 +71,14 @@ def write_report(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> P
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
+    from harness.quality import directions, replicates, to_target
+
     df = load(run_dir)
     info = load_run_info(run_dir)
     pairs = paired(df, main_rule(df))
+    steps = load_steps(run_dir)
+    quality = to_target(pairs, steps)
+    by_config = replicates(quality)
     suite = info.suite
     name = str(suite.get("name") or (df["suite"].dropna().iloc[0] if df["suite"].notna().any() else run_dir.name))
     context = {
@@ -84,7 +89,10 @@ def write_report(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> P
         "verdicts": tables.verdicts(pairs),
         "trust_notes": trust_notes(pairs, df, info),
         "headline": tables.headline(pairs, df),
-        "plots": html.save_plots(plots.make_plots(df, pairs, load_steps(run_dir)), out_dir / "plots"),
+        "quality": tables.quality_card(by_config),
+        "quality_table": tables.quality_table(by_config),
+        "directions": tables.directions_table(directions(df, steps)),
+        "plots": html.save_plots(plots.make_plots(df, pairs, steps, quality), out_dir / "plots"),
         "missing": missing_metrics(df),
         "failures": tables.failures(df),
         "results": tables.all_results(df),

@@ -295,28 +295,6 @@ def dropped_vs_capacity(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
     return Plot(name, title, caption, figure=fig)
 
 
-def quality_vs_flops(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
-    name, title = "quality_vs_train_flops", "Quality vs training FLOPs"
-    caption = ("Validation loss (lower is better) against analytic training FLOPs per token, MoE and dense; "
-               "each point is one case.")
-    data = df[(df["status"] == "ok") & df["val_loss"].notna() & df["train_flops_per_token"].notna()]
-    if data.empty:
-        reason = coverage(df, "val_loss")[2]
-        if reason is None or reason == "not measured on this run":
-            reason = "quality (val_loss) was not measured on this run"
-        return Plot(name, title, caption, missing=reason)
-    data = data.drop_duplicates("case_id").assign(
-        flops=lambda d: d["train_flops_per_token"].astype(float), loss=lambda d: d["val_loss"].astype(float),
-        model=lambda d: d["kind"].astype(str))
-    fig, axes = new_figure(1, 1)
-    ax = axes[0][0]
-    sns.scatterplot(data, x="flops", y="loss", hue="model", style="model", s=60, ax=ax)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs per token")
-    ax.set_ylabel("validation loss")
-    return Plot(name, title, caption, figure=fig)
-
-
 def learning_curves(df: pd.DataFrame, steps: Optional[pd.DataFrame]) -> Plot:
     """Training loss (running median) and held-out loss of every quality case against its steps."""
     name, title = "learning_curves", "Learning curves (quality)"
@@ -372,13 +350,195 @@ def _case_labels(rows: pd.DataFrame) -> dict[str, str]:
 
 PLOTS: list[Callable[[pd.DataFrame, pd.DataFrame], Plot]] = [
     throughput_vs_experts, ratio_heatmap, memory_vs_experts, memory_estimate_vs_measured, energy_per_token,
-    dropped_vs_capacity, quality_vs_flops,
+    dropped_vs_capacity,
 ]
 
 
-def make_plots(df: pd.DataFrame, pairs: pd.DataFrame, steps: Optional[pd.DataFrame] = None) -> list[Plot]:
-    """Every report plot for one run (`df` from `load`, `pairs` from `paired`, `steps` from `load_steps`),
-    drawn or explained; learning curves only when the run has quality rows."""
+def make_plots(df: pd.DataFrame, pairs: pd.DataFrame, steps: Optional[pd.DataFrame] = None,
+               quality: Optional[pd.DataFrame] = None) -> list[Plot]:
+    """Every report plot for one run (`df` from `load`, `pairs` from `paired`, `steps` from `load_steps`,
+    `quality` from `harness.quality.to_target`), drawn or explained. A run with quality rows leads with
+    its quality figures (loss curves over seeds, Pareto, paired val_loss) and ends with every case's
+    learning curve."""
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        drawn = [make(pairs, df) for make in PLOTS]
-        return drawn + [learning_curves(df, steps)] if (df["workload"] == "quality").any() else drawn
+        if not (df["workload"] == "quality").any():
+            return [make(pairs, df) for make in PLOTS] + [val_loss_pairs(pairs, df)]
+        if quality is None:
+            from harness.quality import to_target
+
+            quality = to_target(pairs, steps)
+        first = [seed_curves(quality, steps), quality_pareto(quality, df), val_loss_pairs(quality, df)]
+        return first + [make(pairs, df) for make in PLOTS] + [learning_curves(df, steps)]
+
+
+# ----------------------------------------------------------------------------- quality
+
+def _quality_label(row: pd.Series, extras: tuple[str, ...]) -> str:
+    return "MoE " + config_label(row, extras)
+
+
+def val_loss_pairs(pairs: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    """Paired dot plot: each MoE configuration's val_loss next to its baseline's, one line per seed."""
+    from harness.report.tables import varying
+
+    name, title = "val_loss_pairs", "Validation loss, MoE against its baseline"
+    caption = ("Held-out loss after the training budget (nats per byte, lower is better) of each MoE configuration "
+               "(right dot) and of its FLOP-matched dense baseline trained on the same seed (left dot); a line joins "
+               "the two runs of one seed, so a line falling to the right is a seed the MoE won.")
+    ok = pairs[(pairs["status"] == "ok") & (pairs["dense_status"] == "ok")] if len(pairs) else pairs
+    if len(ok):
+        ok = ok[pd.to_numeric(ok["val_loss"], errors="coerce").notna()
+                & pd.to_numeric(ok["dense_val_loss"], errors="coerce").notna()]
+    if not len(ok):
+        reason = coverage(df, "val_loss")[2]
+        if reason is None or reason == "not measured on this run":
+            reason = "quality (val_loss) was not measured on this run"
+        return Plot(name, title, caption, missing=reason)
+    ok = ok.drop_duplicates("case_id")
+    extras = varying(ok)
+    labels = [config_label(row, extras) for _, row in ok.iterrows()]
+    order = list(dict.fromkeys(labels))
+    fig = Figure(figsize=(max(PANEL_W, 1.3 * len(order) + 1.5), PANEL_H * 1.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colours = sns.color_palette("tab10", 2)
+    for label, (_, row) in zip(labels, ok.iterrows()):
+        x = order.index(label)
+        dense, moe = float(row["dense_val_loss"]), float(row["val_loss"])
+        ax.plot([x - 0.18, x + 0.18], [dense, moe], color="0.6", linewidth=0.9, zorder=1)
+        ax.scatter([x - 0.18], [dense], color=colours[0], s=28, zorder=2, label="dense baseline")
+        ax.scatter([x + 0.18], [moe], color=colours[1], s=28, zorder=2, label="MoE")
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    ax.set_xticks(range(len(order)), order, rotation=20 if len(order) > 4 else 0, ha="right" if len(order) > 4 else "center")
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_ylabel("validation loss (nats per byte)")
+    ax.set_xlabel("MoE configuration")
+    return Plot(name, title, caption, figure=fig)
+
+
+def _curve_frame(quality: pd.DataFrame, steps: pd.DataFrame, extras: tuple[str, ...]) -> pd.DataFrame:
+    """Held-out points of both sides of every pair: configuration, side, seed, step (updates), val_loss."""
+    held = steps[(steps["workload"] == "quality") & pd.to_numeric(steps.get("val_loss"), errors="coerce").notna()]
+    held = held.assign(updates=held["step"].astype(float) + 1, val_loss=pd.to_numeric(held["val_loss"]).astype(float))
+    parts = []
+    for _, row in quality.iterrows():
+        label = config_label(row, extras)
+        for side, case in (("MoE", row["case_id"]), ("dense baseline", row["dense_case_id"])):
+            part = held[held["case_id"] == case][["updates", "val_loss"]]
+            parts.append(part.assign(configuration=label, side=side, seed=row.get("seed")))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def seed_curves(quality: pd.DataFrame, steps: Optional[pd.DataFrame]) -> Plot:
+    """Held-out loss curves of each MoE configuration and its baseline: mean over seeds and their range."""
+    from harness.report.tables import varying
+
+    name, title = "quality_curves", "Held-out loss curves, MoE against its baseline"
+    caption = ("Held-out loss (nats per byte) against training steps, every `run.eval_every` steps: the line is the "
+               "mean over seeds, the band the range of the seeds; one panel per MoE configuration, with its "
+               "FLOP-matched dense baseline. The dotted line is the loss both reached (the target of the "
+               "time-to-target speedup) for the first seed.")
+    if steps is None or quality.empty or "val_loss" not in steps.columns:
+        return Plot(name, title, caption, missing="no held-out learning curve in this run (set run.eval_every)")
+    extras = varying(quality)
+    data = _curve_frame(quality, steps, extras)
+    if data.empty or data.groupby(["configuration", "side"])["updates"].nunique().max() < 2:
+        return Plot(name, title, caption, missing="no held-out learning curve in this run (set run.eval_every)")
+    configs = list(dict.fromkeys(data["configuration"]))
+    ncols = min(3, len(configs))
+    nrows = math.ceil(len(configs) / ncols)
+    fig, axes = new_figure(nrows, ncols)
+    palette = dict(zip(["dense baseline", "MoE"], sns.color_palette("tab10", 2)))
+    for ax in axes.flat[len(configs):]:
+        ax.set_axis_off()
+    for ax, config in zip(axes.flat, configs):
+        sub = data[data["configuration"] == config]
+        sns.lineplot(sub, x="updates", y="val_loss", hue="side", palette=palette, estimator="mean",
+                     errorbar=("pi", 100), ax=ax, legend=ax is axes.flat[0], marker="o", markersize=3)
+        first = quality[[config_label(r, extras) == config for _, r in quality.iterrows()]]
+        target = pd.to_numeric(first.get("target_val_loss"), errors="coerce").dropna()
+        if len(target):
+            ax.axhline(float(target.iloc[0]), color="0.4", linestyle=":", linewidth=1)
+        seeds = sub["seed"].dropna().nunique()
+        ax.set_title(f"{config} ({seeds} seed{'s' * (seeds != 1)})")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("held-out loss (nats/byte)")
+        late = sub[sub["updates"] >= sub["updates"].max() * 0.2]["val_loss"]
+        if len(late):
+            ax.set_ylim(float(late.min()) - 0.02, float(late.max()) + 0.05)
+    if axes.flat[0].get_legend() is not None:
+        sns.move_legend(axes.flat[0], "upper right", frameon=False, title=None, fontsize="small")
+    return Plot(name, title, caption, figure=fig)
+
+
+def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A column as float64, NaN where missing or absent."""
+    if column not in frame.columns:
+        return pd.Series(np.nan, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[column], errors="coerce").astype(float)
+
+
+def _pareto_front(points: pd.DataFrame, x: str) -> pd.DataFrame:
+    """The points no other point beats on both cost (x) and val_loss, sorted by cost."""
+    ordered = points.sort_values([x, "val_loss"])
+    front, best = [], math.inf
+    for idx, row in ordered.iterrows():
+        if row["val_loss"] < best:
+            front.append(idx)
+            best = row["val_loss"]
+    return ordered.loc[front]
+
+
+def quality_pareto(quality: pd.DataFrame, df: pd.DataFrame) -> Plot:
+    """val_loss against training wall time and against training energy, one point per configuration."""
+    from harness.quality import group_key
+    from harness.report.tables import varying
+
+    name, title = "quality_pareto", "Quality against training time and energy"
+    caption = ("Each point is one configuration, mean over its seeds (bars: the range of the seeds): validation loss "
+               "against the training time of the whole budget (steps x median step time) and against its energy "
+               "(steps x measured energy per step). Lower-left is better; the line joins the configurations no other "
+               "beats on both (the Pareto front).")
+    if quality.empty:
+        return Plot(name, title, caption, missing="no MoE configuration and its baseline both trained")
+    extras = varying(quality)
+    rows = []
+    for key, group in quality.groupby(group_key(quality), sort=False):
+        label = config_label(group.iloc[0], extras)
+        dense_label = "dense for " + label
+        for side, prefix, who in (("MoE", "", label), ("dense baseline", "dense_", dense_label)):
+            steps = _numbers(group, "quality_steps")
+            tokens = _numbers(group, "quality_tokens") / steps
+            seconds = steps * _numbers(group, f"{prefix}latency_ms_median") / 1000
+            energy = steps * tokens * _numbers(group, f"{prefix}energy_j_per_token")
+            loss = _numbers(group, f"{prefix}val_loss")
+            rows.append({"configuration": who, "side": side, "val_loss": loss.mean(), "loss_lo": loss.min(),
+                         "loss_hi": loss.max(), "time_s": seconds.mean(), "energy_j": energy.mean()})
+    points = pd.DataFrame(rows)
+    fig, axes = new_figure(1, 2)
+    palette = dict(zip(["dense baseline", "MoE"], sns.color_palette("tab10", 2)))
+    for ax, column, label, source in ((axes[0][0], "time_s", "training time (s)", "latency_ms_median"),
+                                      (axes[0][1], "energy_j", "training energy (J)", "energy_j_per_token")):
+        data = points[np.isfinite(points[column].astype(float)) & np.isfinite(points["val_loss"].astype(float))]
+        if data.empty:
+            ax.set_axis_off()
+            reason = coverage(df[df["workload"] == "quality"], source)[2] or "not measured"
+            ax.set_title(f"{label}: not measured", fontsize="small")
+            ax.text(0.5, 0.5, reason, ha="center", va="center", wrap=True, transform=ax.transAxes, color="0.4",
+                    fontsize="small")
+            continue
+        for side, sub in data.groupby("side"):
+            ax.errorbar(sub[column], sub["val_loss"], yerr=[sub["val_loss"] - sub["loss_lo"], sub["loss_hi"] - sub["val_loss"]],
+                        fmt="o", color=palette[side], label=side, markersize=5, capsize=2)
+        front = _pareto_front(data, column)
+        ax.plot(front[column], front["val_loss"], color="0.3", linestyle="--", linewidth=1, label="Pareto front")
+        for _, row in data.iterrows():
+            if row["side"] == "MoE":
+                ax.annotate(row["configuration"], (row[column], row["val_loss"]), fontsize="x-small",
+                            xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss (nats/byte)")
+        ax.legend(frameon=False, fontsize="small")
+    return Plot(name, title, caption, figure=fig)

@@ -297,3 +297,88 @@ def routing_layers(layers: pd.DataFrame | None, df: pd.DataFrame) -> Table:
         )
         table.row_classes.append("")
     return table
+
+
+QUALITY_CLASS = {"better": "better", "worse": "worse", "faster": "better", "slower": "worse", "unreliable": "unreliable"}
+
+
+def _judged(value: Optional[float], lo: Optional[float], hi: Optional[float], form: str, verdict: Any,
+            reason: Any) -> Cell:
+    """A value with its interval over seeds, coloured by its verdict (never by the interval alone)."""
+    if value is None:
+        return Cell("—", None, "missing", text(reason) or "not measured")
+    shown = format(value, form) + ("×" if form == ".2f" else "")
+    if lo is not None and hi is not None:
+        shown += f" [{lo:{form}}, {hi:{form}}]"
+    label = text(verdict)
+    return Cell(shown, value, QUALITY_CLASS.get(label, ""), f"{label}: {text(reason)}" if label else text(reason))
+
+
+def quality_table(table: pd.DataFrame) -> Table:
+    """The report's quality table from `harness.quality.replicates`: one row per MoE configuration, with
+    Δval_loss and the time-to-target speedup over its seeds, coloured by their verdicts."""
+    out = Table(["Configuration", "Seeds", "MoE val_loss", "Dense val_loss", "Δval_loss [95% CI]", "Quality",
+                 "Time to target [95% CI]", "Time", "Step speedup", "Energy speedup"])
+    extras = varying(table) if len(table) else ()
+    for _, row in table.iterrows():
+        quality, time = text(row["quality_verdict"]), text(row["time_verdict"])
+        out.rows.append([
+            Cell(config_label(row, extras)),
+            Cell(str(int(row["seeds"])), int(row["seeds"]), "", f"seeds {text(row.get('seed_list'))}"),
+            fmt(row["val_loss_mean"]), fmt(row["dense_val_loss_mean"]),
+            _judged(_num(row["delta_val_loss"]), _num(row["delta_val_loss_ci_low"]), _num(row["delta_val_loss_ci_high"]),
+                    "+.3f", quality, row["quality_verdict_reason"]),
+            Cell(quality, quality, QUALITY_CLASS.get(quality, ""), text(row["quality_verdict_reason"])),
+            _judged(_num(row["time_speedup"]), _num(row["time_speedup_ci_low"]), _num(row["time_speedup_ci_high"]),
+                    ".2f", time, row["time_verdict_reason"]),
+            Cell(time, time, QUALITY_CLASS.get(time, ""), text(row["time_verdict_reason"])),
+            _judged(_num(row.get("step_speedup")), None, None, ".2f", None, "no held-out curve"),
+            _judged(_num(row.get("energy_speedup")), None, None, ".2f", None, "energy not measured"),
+        ])
+        out.row_classes.append("")
+    return out
+
+
+def quality_card(table: pd.DataFrame) -> dict[str, Any]:
+    """The quality summary card: verdict counts over configurations, and the best and worst on quality
+    among the configurations whose verdict is reliable (better, worse or same)."""
+    if table.empty:
+        return {}
+    extras = varying(table)
+    verdicts = table["quality_verdict"].astype(str)
+    card: dict[str, Any] = {name: int((verdicts == name).sum()) for name in ("better", "worse", "same", "unreliable")}
+    card.update(total=len(table), seeds=", ".join(str(n) for n in sorted({int(n) for n in table["seeds"]})),
+                best=None, worst=None)
+    reliable = table[verdicts.isin(["better", "worse", "same"])]
+    delta = pd.to_numeric(reliable["delta_val_loss"], errors="coerce")
+    picks = [("best", delta.idxmin())] if delta.notna().any() else []
+    if delta.notna().sum() >= 2:
+        picks.append(("worst", delta.idxmax()))
+    for key, idx in picks:
+        row = table.loc[idx]
+        speed = _num(row["time_speedup"])
+        card[key] = {"label": config_label(row, extras), "delta": f"{float(row['delta_val_loss']):+.3f}",
+                     "verdict": text(row["quality_verdict"]),
+                     "time": "—" if speed is None else f"{speed:.2f}× ({text(row['time_verdict'])})"}
+    return card
+
+
+DIRECTION_CLASS = {"supported": "better", "contradicted": "worse", "cannot tell": "unreliable"}
+
+
+def directions_table(found: pd.DataFrame) -> Table:
+    """The papers' directions a quality run could check (`harness.quality.directions`): each contrast,
+    its paired difference over seeds with the interval, and whether the interval supports the claim."""
+    out = Table(["Direction", "Claim", "Contrast", "Metric", "Seeds", "Mean (first)", "Mean (second)",
+                 "Difference [95% CI]", "Verdict"])
+    for _, row in found.iterrows():
+        verdict = text(row["verdict"])
+        out.rows.append([
+            Cell(text(row["direction"])), Cell(text(row["claim"])), Cell(text(row["contrast"])),
+            Cell(text(row["metric"])), Cell(str(int(row["seeds"])), int(row["seeds"])),
+            fmt(row["a_mean"]), fmt(row["b_mean"]),
+            _judged(_num(row["difference"]), _num(row["ci_low"]), _num(row["ci_high"]), "+.3f", verdict, row["reason"]),
+            Cell(verdict, verdict, DIRECTION_CLASS.get(verdict, ""), text(row["reason"])),
+        ])
+        out.row_classes.append("")
+    return out

@@ -13,7 +13,9 @@ run and its final `val_loss` are the same with and without a curve.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from harness import accounting
 from harness.config import Case
 from harness.corpus import Corpus, eval_batches, load_corpus, train_batches
+from harness.models.moe.layer import MoELayer
 from harness.workloads import Workload
 from harness.workloads.training import StepLog, make_optimizer, update
 
@@ -60,6 +63,53 @@ def validation_loss(model: torch.nn.Module, batches: list[torch.Tensor]) -> floa
     return total / count
 
 
+@contextmanager
+def eval_capacity(model: torch.nn.Module, factor: Optional[Union[float, str]]) -> Iterator[None]:
+    """Score with every MoE layer at capacity `factor` ('dropless': no limit; None: as trained), then
+    put the training capacity back. ST-MoE trains at 1.25 and evaluates at 2.0: fewer tokens dropped at
+    evaluation, at no training cost."""
+    layers = [m for m in model.modules() if isinstance(m, MoELayer)]
+    trained = [layer.capacity_factor for layer in layers]
+    if factor is not None:
+        for layer in layers:
+            layer.capacity_factor = None if factor == "dropless" else float(factor)
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, trained):
+            layer.capacity_factor = value
+
+
+def eval_capacity_label(case: Case) -> Optional[str]:
+    """The capacity factor val_loss was scored at, as the `eval_capacity_factor` column shows it."""
+    if case.moe is None:
+        return None
+    factor = case.run.eval_capacity_factor
+    factor = case.moe.capacity_factor if factor is None else factor
+    return "dropless" if factor in (None, "dropless") else f"{float(factor):g}"
+
+
+def after_training(model: torch.nn.Module, case: Case, into: Path, run_dir: Path) -> dict[str, Any]:
+    """What `run.save_weights` and `run.lmeval_tasks` ask of the trained model (the weights `finish`
+    scored): the weights and case kept in `into`, the lm-eval tasks scored at the evaluation capacity
+    with lm-eval's results JSON kept next to them. Returns the row's columns (paths relative to the run)."""
+    from harness import checkpoint
+
+    row: dict[str, Any] = {}
+    run = case.run
+    if run.save_weights:
+        row["weights_path"] = str(checkpoint.save(model, case, into).relative_to(run_dir))
+    if run.lmeval_tasks:
+        from harness.lmeval_adapter import columns, evaluate
+
+        results_path = into / "lmeval_results.json"
+        with eval_capacity(model, run.eval_capacity_factor):
+            results = evaluate(model, run.lmeval_tasks, results_path=results_path)
+        row.update(columns(results), lmeval_tasks=" ".join(run.lmeval_tasks),
+                   lmeval_results=str(results_path.relative_to(run_dir)))
+    return row
+
+
 def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
     run = case.run
     corpus = load_corpus(run.corpus)
@@ -71,6 +121,10 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
     log = StepLog(model, health=True)
     state: dict[str, Any] = {"steps": 0, "at_budget": None, "finishing": False}
     pending: dict[int, dict[str, torch.Tensor]] = {}  # step index -> weights copied inside the timed region
+
+    def score(m: torch.nn.Module) -> float:
+        with eval_capacity(m, run.eval_capacity_factor):
+            return validation_loss(m, held_out)
 
     def weights() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -87,7 +141,7 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
             state["at_budget"] = weights()
         elif run.eval_every and done % run.eval_every == 0 and done < run.quality_steps:
             if state["finishing"]:
-                log.annotate(done - 1, val_loss=validation_loss(model, held_out))
+                log.annotate(done - 1, val_loss=score(model))
             else:
                 pending[done - 1] = weights()
 
@@ -96,7 +150,7 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
             scratch = copy.deepcopy(model)
             for index, snapshot in sorted(pending.items()):
                 scratch.load_state_dict(snapshot)
-                log.annotate(index, val_loss=validation_loss(scratch, held_out))
+                log.annotate(index, val_loss=score(scratch))
             pending.clear()
             del scratch
         state["finishing"] = True
@@ -104,7 +158,7 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
             step()
         if state["steps"] > run.quality_steps:
             model.load_state_dict(state["at_budget"])
-        val_loss = validation_loss(model, held_out)
+        val_loss = score(model)
         log.annotate(run.quality_steps - 1, val_loss=val_loss)
         tokens_per_step = run.batch_size * case.model.seq_len
         tokens = run.quality_steps * tokens_per_step
@@ -115,6 +169,7 @@ def make(model: torch.nn.Module, case: Case, device: torch.device) -> Workload:
             "quality_tokens": tokens,
             "quality_train_flops": accounting.summary(case.model, case.moe)["train_flops_per_token"] * tokens,
             "corpus": corpus.label,
+            "eval_capacity_factor": eval_capacity_label(case),
         }
 
     def last_loss() -> float | None:
