@@ -354,7 +354,9 @@ def directions(df: pd.DataFrame, steps: Optional[pd.DataFrame] = None) -> pd.Dat
     for direction in DIRECTIONS:
         if direction.key not in moe.columns or direction.metric not in moe.columns:
             continue
-        others = [k for k in CONFIG_KEYS if k in moe.columns and k != direction.key]
+        # the evaluation capacity follows the training one unless set: it is part of what D2 varies
+        varied = {direction.key, "eval_capacity_factor"} if direction.key == "capacity_factor" else {direction.key}
+        others = [k for k in CONFIG_KEYS if k in moe.columns and k not in varied]
         keyed = moe.assign(_key=moe[direction.key].astype(object).where(moe[direction.key].notna(), None))
         for _, group in keyed.groupby(others, dropna=False, sort=False):
             values = list(dict.fromkeys(group["_key"]))

@@ -198,6 +198,7 @@ def _direction_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
             case = f"E{experts}-{cf}-{aux}-{seed}"
             rows.append({"case_id": case, "kind": "moe", "workload": "quality", "status": "ok", "seed": seed,
                          "num_experts": experts, "top_k": 1, "capacity_factor": cf, "aux_loss_coef": aux,
+                         "eval_capacity_factor": "dropless" if cf is None else f"{cf:g}",
                          "d_model": 64, "val_loss": loss + noise + 0.01 * seed, "unstable": aux == 0.0,
                          "unstable_reason": "routing collapse at step 40: ..." if aux == 0.0 else None})
             cv = 2.5 if aux == 0.0 else 0.3
