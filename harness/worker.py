@@ -183,6 +183,7 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
     timings, disturbance = contention.watch(
         lambda: time_steps(step, device, case.run.warmup, case.run.repeats, case.run.min_time_s, agree=agree),
         device, torch.get_num_threads(), waited=None if session is None else session.waited_s,
+        peers=0 if session is None else session.local_world - 1,
     )
     if session is not None:
         session.recorder.stop()
@@ -289,7 +290,7 @@ def write_result_atomic(path: Path, result: WorkerResult) -> None:
 def start_rank(case: Case) -> "RankSession":
     """Join the group torchrun started: one device per rank on GPU (LOCAL_RANK), the process groups of
     the case's layout with its collective timeout."""
-    from harness.parallel.group import backend_for, init_from_env, local_rank
+    from harness.parallel.group import backend_for, init_from_env, local_rank, local_world_size
     from harness.parallel.measure import RankSession
 
     if "RANK" not in os.environ:
@@ -303,7 +304,7 @@ def start_rank(case: Case) -> "RankSession":
         torch.cuda.set_device(device)
     backend = backend_for(case.parallel.backend, device)
     groups = init_from_env(case.parallel.expert, backend, case.parallel.timeout_s)
-    return RankSession(groups, device, backend, local_rank())
+    return RankSession(groups, device, backend, local_rank(), local_world_size())
 
 
 def rank_main(job: WorkerJob, result_path: Path) -> int:
@@ -323,13 +324,21 @@ def rank_main(job: WorkerJob, result_path: Path) -> int:
         sys.stderr.flush()
         os._exit(code)
 
+    joined: dict[str, "RankSession"] = {}
+
     def stopped(signum, frame):  # noqa: ARG001 - signal handler signature
-        leave(WorkerResult(status="failed", error=f"stopped by torchrun ({signal.Signals(signum).name}) after "
-                           "another rank failed", victim=True, at=time.time()), 128 + signum)
+        name = signal.Signals(signum).name
+        session = joined.get("session")
+        if session is not None and not session.recorder.inside:
+            # not waiting on a peer when stopped: if the others' collectives timed out, it was waiting for this one
+            leave(WorkerResult(status="failed", error=f"stopped by torchrun ({name}) outside any collective, after "
+                               "another rank failed", victim=True, outside=True, at=time.time()), 128 + signum)
+        leave(WorkerResult(status="failed", error=f"stopped by torchrun ({name}) after another rank failed",
+                           victim=True, at=time.time()), 128 + signum)
 
     signal.signal(signal.SIGTERM, stopped)
     try:
-        session = start_rank(job.case)
+        session = joined["session"] = start_rank(job.case)
         measured = measure(job.case, job.workload, job.context, job.process, session)
     except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case
         traceback.print_exc()

@@ -73,3 +73,19 @@ def _kills_rank1(model, case, device):
 
 
 kills_rank1 = _kills_rank1
+
+
+def _hangs_rank1(model, case, device):
+    """Rank 1 of a multi-rank case stops making progress at its third step, outside any collective:
+    rank 0's next collective times out after parallel.timeout_s."""
+    calls = []
+
+    def step():
+        calls.append(1)
+        if os.environ.get("RANK") == "1" and len(calls) == 3:
+            time.sleep(3600)
+
+    return Workload(step, tokens_per_step=1, training=False)
+
+
+hangs_rank1 = _hangs_rank1

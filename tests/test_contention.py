@@ -85,6 +85,14 @@ def test_time_a_rank_waited_on_its_peers_is_not_counted_as_a_denied_cpu():
     assert Window.between(before, after, 1, waited_s=5.0).cpu_share is None  # nothing left to judge
 
 
+def test_ranks_filling_the_cores_record_run_queue_wait_without_judging_it():
+    crowded = _window(wait=0.4)
+    assert judge(crowded, 1, 2).reasons == ("waited for a CPU 40% of the time",)
+    own_group = judge(crowded, 1, 2, run_queue=False)
+    assert not own_group.contended and own_group.columns["run_queue_wait_share"] == pytest.approx(0.4)
+    assert judge(_window(share=0.5, wait=0.4), 1, 2, run_queue=False).reasons == ("cpu share 0.50 of 1 thread",)
+
+
 def test_combine_labels_the_ranks_of_a_group_from_zero():
     calm = row_columns(judge(_window(share=0.98), 1, 2))
     stalled = row_columns(judge(_window(share=0.30), 1, 2))

@@ -103,6 +103,19 @@ def test_a_killed_rank_is_a_row_naming_it_and_the_run_goes_on(tmp_path, write_su
     assert "rank 1 of 2" in killed["error"] and "SIGKILL" in killed["error"], killed["error"]
 
 
+def test_a_hung_rank_ends_the_group_at_the_collective_timeout_and_is_named(tmp_path, write_suite):
+    suite = SUITE.replace("workloads: [train_step]", 'workloads: ["tests.faults:hangs_rank1"]\nbaselines: []')
+    suite = suite.replace("timeout_s: 60}", "timeout_s: 3}")
+    out = tmp_path / "run"
+    started = time.monotonic()
+    assert main(["run", str(write_suite(suite)), "--out", str(out), "--no-report", "--quiet"]) == 1
+    assert time.monotonic() - started < 100  # ended by the 3 s collective timeout, not run.timeout_s (120 s)
+    (hung,) = RunStore(out).rows()
+    assert hung["status"] == "failed"
+    assert hung["error"].startswith("rank 1 of 2: stopped by torchrun (SIGTERM) outside any collective"), hung["error"]
+    assert "(rank 0: CollectiveError" in hung["error"]
+
+
 def test_a_rank_without_its_own_gpu_is_refused_before_touching_it(monkeypatch):
     import torch
 
@@ -230,6 +243,13 @@ def test_group_failure_names_the_rank_that_failed_first():
     assert root_cause(late)[0] == 0
     assert group_failure({0: victim}, 2, late) == ("failed", "rank 1 of 2, no result: killed by SIGKILL")
     assert group_failure({0: victim, 1: WorkerResult(status="ok")}, 2, "")[1].startswith("rank 0 of 2: Collective")
+    # a rank stopped while busy outside any collective is the one the others' collectives waited for
+    busy = WorkerResult(status="failed", error="stopped by torchrun (SIGTERM) outside any collective", victim=True,
+                        outside=True, at=3.0)
+    assert group_failure({0: victim, 1: busy}, 2, "") == (
+        "failed", "rank 1 of 2: stopped by torchrun (SIGTERM) outside any collective "
+                  "(rank 0: CollectiveError: agree collective failed)")
+    assert group_failure({0: own, 1: busy}, 2, "")[1].startswith("rank 0 of 2: OutOfMemoryError")
 
 
 def test_torchrun_command_single_node_and_static_rendezvous():

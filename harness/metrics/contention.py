@@ -114,17 +114,20 @@ def judge(
     matmul_after: Optional[float] = None,
     gpu: Optional[GpuState] = None,
     busy_cores: bool = True,
+    run_queue: bool = True,
 ) -> Contention:
     """Which readings say the measurement was disturbed, each as a short human reason.
 
     `busy_cores=False` for a CUDA device, whose host thread mostly waits on the GPU: its CPU share
-    is expected to be low and says nothing there.
+    is expected to be low and says nothing there. `run_queue=False` where the process's own peers
+    fill the cores (the ranks of a multi-rank case on CPU): its threads then wait for theirs, so
+    run-queue wait is recorded but cannot tell another job from the group itself.
     """
     reasons: list[str] = []
     plural = "s" if threads != 1 else ""
     if busy_cores and window.cpu_share is not None and window.cpu_share < CPU_SHARE_MIN:
         reasons.append(f"cpu share {window.cpu_share:.2f} of {threads} thread{plural}")
-    if busy_cores and window.run_wait_share is not None and window.run_wait_share > RUN_QUEUE_WAIT_MAX:
+    if busy_cores and run_queue and window.run_wait_share is not None and window.run_wait_share > RUN_QUEUE_WAIT_MAX:
         reasons.append(f"waited for a CPU {window.run_wait_share:.0%} of the time")
     if window.steal_fraction is not None and window.steal_fraction > STEAL_MAX:
         reasons.append(f"hypervisor steal {window.steal_fraction:.0%}")
@@ -311,10 +314,11 @@ def merge_gpu(*states: GpuState) -> GpuState:
 
 
 def watch(run: Callable[[], Any], device: Any, threads: int, probe_s: float = 0.05,
-          waited: Optional[Callable[[], float]] = None) -> tuple[Any, dict[str, Any]]:
+          waited: Optional[Callable[[], float]] = None, peers: int = 0) -> tuple[Any, dict[str, Any]]:
     """Run a timed pass between two readings (and two calibration probes); returns its result and
-    the contention columns of that window. `waited`: a running total of the seconds the process
-    spent blocked on its peers (a rank's collectives), left out of the CPU and run-queue shares."""
+    the contention columns of that window. For a rank of a multi-rank case: `waited`, a running
+    total of the seconds it spent blocked on its peers (its collectives), left out of the CPU and
+    run-queue shares; `peers`, the other ranks on this machine, which with it may fill the cores."""
     cuda = getattr(device, "type", str(device)) == "cuda"
     before = matmul_probe(probe_s, device=device)
     gpu_start = gpu_state(device) if cuda else None
@@ -325,5 +329,7 @@ def watch(run: Callable[[], Any], device: Any, threads: int, probe_s: float = 0.
     waited_s = (waited() - waited_before) if waited else 0.0
     gpu = merge_gpu(gpu_start, gpu_state(device)) if cuda else None
     after = matmul_probe(probe_s, device=device)
-    verdict = judge(Window.between(start, end, threads, waited_s), threads, cores(), before, after, gpu, busy_cores=not cuda)
+    crowded = (peers + 1) * threads >= cores() if peers else False
+    verdict = judge(Window.between(start, end, threads, waited_s), threads, cores(), before, after, gpu,
+                    busy_cores=not cuda, run_queue=not crowded)
     return result, row_columns(verdict)

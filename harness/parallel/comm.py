@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,8 @@ class CommRecorder:
         self._current: Optional[dict[str, Any]] = None
         self.blocked_s = 0.0
         """Host seconds spent inside collectives, recorded or not (the contention reading leaves them out)."""
+        self.inside = 0
+        """Collectives this rank is inside now: a rank stopped outside one was not waiting on a peer."""
 
     def start_step(self) -> None:
         self._current = {"time": defaultdict(list), "bytes": defaultdict(int), "expert_rows": 0}
@@ -51,6 +54,18 @@ class CommRecorder:
     def reset(self) -> None:
         self._steps, self._current = [], None
 
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around a blocking collective (gloo; NCCL calls return at once): its host time counts in
+        `blocked_s`, and the rank is `inside` one meanwhile."""
+        self.inside += 1
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.inside -= 1
+            self.blocked_s += time.perf_counter() - start
+
     def run(self, kind: str, sent_bytes: int, call: Callable[[], Any]) -> Any:
         step = self._current
         start = time.perf_counter()
@@ -58,11 +73,11 @@ class CommRecorder:
             events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             events[0].record()
         try:
-            result = call()
+            with self.waiting():
+                result = call()
         except Exception as exc:  # noqa: BLE001 - re-raised with the collective named
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CollectiveError(f"{kind} collective failed: {first}") from exc
-        self.blocked_s += time.perf_counter() - start
         if step is not None:
             if self.cuda:
                 events[1].record()

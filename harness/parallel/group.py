@@ -105,6 +105,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    """Ranks of the group on this machine (torchrun's LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def local_rows(batch: torch.Tensor) -> torch.Tensor:
     """This rank's rows of a global batch, or the whole batch in a single process. Workloads call it
     the way `DistributedSampler` asks the default group, so they need no extra argument."""

@@ -115,6 +115,13 @@ def group_failure(ranks: dict[int, WorkerResult], world: int, log: str,
     if silent:
         return "failed", f"rank {silent[0]} of {world} ended without a result"
     victims = sorted((r.model_extra.get("at", 0.0), rank, r) for rank, r in ranks.items() if r.status != "ok")
+    waiting = [v for v in victims if not v[2].model_extra.get("outside")]
+    busy = [v for v in victims if v[2].model_extra.get("outside")]
+    if busy and waiting:
+        # the others failed in a collective (a timeout, say) while this rank was busy elsewhere: it is
+        # the rank they waited for
+        (_, rank, result), (_, first, cause) = busy[0], waiting[0]
+        return result.status, f"rank {rank} of {world}: {result.error} (rank {first}: {cause.error})"
     if victims:
         _, rank, result = victims[0]
         return result.status, f"rank {rank} of {world}: {result.error}"

@@ -49,9 +49,9 @@ class RankSession:
     device: torch.device
     backend: str
     local_rank: int
+    local_world: int = 1
     recorder: CommRecorder = field(init=False)
     _origin: float = field(default_factory=time.perf_counter)
-    _agree_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.recorder = CommRecorder(self.device)
@@ -66,20 +66,20 @@ class RankSession:
     def agree(self, more: bool) -> bool:
         """True while any rank wants another step."""
         flag = torch.tensor([float(more)], device=self._flag_device())
-        start = time.perf_counter()
-        _collective("agree", lambda: dist.all_reduce(flag, op=dist.ReduceOp.MAX))
-        self._agree_s += time.perf_counter() - start
+        with self.recorder.waiting():
+            _collective("agree", lambda: dist.all_reduce(flag, op=dist.ReduceOp.MAX))
         return bool(flag.item())
 
     def waited_s(self) -> float:
         """Host seconds so far in collectives, the step's and `agree`'s: where a fast rank waits for a
         slow one, not a CPU it was denied (`harness.metrics.contention.watch`)."""
-        return self.recorder.blocked_s + self._agree_s
+        return self.recorder.blocked_s
 
     def clock(self) -> float:
         """Seconds since this session began, the largest over the ranks: every rank reads the same value."""
         elapsed = torch.tensor([time.perf_counter() - self._origin], dtype=torch.float64, device=self._flag_device())
-        _collective("clock", lambda: dist.all_reduce(elapsed, op=dist.ReduceOp.MAX))
+        with self.recorder.waiting():
+            _collective("clock", lambda: dist.all_reduce(elapsed, op=dist.ReduceOp.MAX))
         return float(elapsed.item())
 
     def recorded(self, step: Callable[[], None]) -> Callable[[], None]:
@@ -94,7 +94,8 @@ class RankSession:
     def gather(self, record: dict[str, Any]) -> Optional[list[dict[str, Any]]]:
         """Every rank's record, in rank order, on rank 0; None elsewhere."""
         records: Optional[list[Any]] = [None] * self.groups.layout.world_size if self.rank == 0 else None
-        _collective("gather", lambda: dist.gather_object(record, records, dst=0))
+        with self.recorder.waiting():
+            _collective("gather", lambda: dist.gather_object(record, records, dst=0))
         return records
 
 
