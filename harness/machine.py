@@ -1,6 +1,6 @@
 """`python -m harness machine [--baseline B | --history H]`: this machine's class, checked before a suite runs.
 
-A nightly job should learn that its baseline was measured elsewhere before it spends minutes on the
+A nightly job should learn that its reference was measured elsewhere before it spends minutes on the
 suite, not after. With `--baseline`, a fingerprint that differs on a comparable key is refused
 (exit 2, like `compare`); with `--history`, it says how many recorded runs share this machine class
 (none: the first `compare --history` will bootstrap, which is not an error).
@@ -26,13 +26,13 @@ def main(args: argparse.Namespace) -> int:
         from harness.compare.reference import load_results
 
         try:
-            baseline = load_results(args.baseline)
+            reference = load_results(args.baseline)
         except CompareError as exc:
             raise UserError(str(exc)) from None
-        mismatch = environment_mismatch(baseline, Results("this machine", None, here, {}))
+        mismatch = environment_mismatch(reference, Results("this machine", None, here, {}))
         if mismatch:
             raise UserError(f"{args.baseline} was measured on another machine class: {'; '.join(mismatch)}; "
-                            "create a baseline on this machine (see baselines/README.md) or compare with --history")
+                            "create a reference on this machine (see baselines/README.md) or compare with --history")
         print(f"{args.baseline}: measured on this machine class; comparable")
     if args.history:
         try:

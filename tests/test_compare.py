@@ -278,7 +278,7 @@ def test_cli_formats_and_usage_errors(tmp_path, base_run, capsys):
     assert run_cli(cur, "--baseline", bad) == 2 and "not a moe-harness baseline" in capsys.readouterr().err
     other = make_run(tmp_path / "other", [row("zz", latency_samples(0.01))], suite="smoke")
     assert run_cli(other, "--baseline", base_run) == 2
-    assert "wrong baseline?" in capsys.readouterr().err
+    assert "wrong reference?" in capsys.readouterr().err
 
 
 def test_one_process_per_side_needs_no_scipy(tmp_path, monkeypatch):
@@ -360,7 +360,7 @@ def test_aa_spread_raises_the_threshold(tmp_path, base_run, capsys):
 def test_version_1_baselines_still_load(tmp_path):
     base_run = make_run(tmp_path / "base", [row("c1", latency_samples(0.010, seed=1, processes=1))])
     path = tmp_path / "v2.json"
-    cmp.save_baseline(cmp.load_results(base_run), path)
+    cmp.save_reference(cmp.load_results(base_run), path)
     doc = json.loads(path.read_text())
     doc["version"] = 1
     for case in doc["cases"]:

@@ -14,7 +14,7 @@ Exit status is the CI signal: 0 no regression, 1 regression (slower, bigger, a c
 vanished), 2 bad input or environments that may not be compared (never a silent mix), 3 inconclusive
 (nothing regressed, but some timing was too noisy or too disturbed to decide).
 
-A baseline is either a run folder or a compact JSON file written by `--save-baseline` (see
+The reference is either a run folder or a compact JSON file written by `--save-baseline` (see
 docs/compare.md for the format); both load into the same `Results`.
 
 The package follows the data: `records` (what is compared), `reference` (loading a run or a stored
@@ -43,12 +43,12 @@ from harness.compare.decide import (
     compare_case,
 )
 from harness.compare.records import CaseResult, CompareError, Results
-from harness.compare.reference import load_results, read_baseline, save_baseline
+from harness.compare.reference import load_results, read_reference, save_reference
 from harness.compare.render import render
 
 __all__ = [
     "BETTER_INSIGNIFICANT", "FAILED", "FIXED", "IMPROVEMENT", "METRICS", "MISSING", "NEW", "NOT_COMPARED",
     "REGRESSION", "REGRESSIONS", "STILL_FAILING", "UNCHANGED", "INCONCLUSIVE", "CaseResult", "CompareError",
     "Comparison", "Finding", "Metric", "Results", "compare", "compare_case", "environment_mismatch", "load_results",
-    "main", "read_baseline", "render", "run_comparison", "save_baseline",
+    "main", "read_reference", "render", "run_comparison", "save_reference",
 ]

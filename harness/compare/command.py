@@ -10,19 +10,19 @@ from harness.analysis import RunError, load_run_info
 from harness.compare.decide import Comparison, compare
 from harness.compare.matching import rekeyed_on_configuration
 from harness.compare.records import CompareError, Results
-from harness.compare.reference import load_results, save_baseline
+from harness.compare.reference import load_results, save_reference
 from harness.compare.render import render
 from harness.environment import comparable
 from harness.values import as_number
 
 
-def environment_mismatch(baseline: Results, current: Results) -> list[str]:
-    """Comparable fingerprint keys that differ, as 'key (baseline vs current)'; a missing fingerprint too."""
-    missing = [f"{r.source} has no environment fingerprint" for r in (baseline, current) if not r.fingerprint]
+def environment_mismatch(reference: Results, current: Results) -> list[str]:
+    """Comparable fingerprint keys that differ, as 'key (reference vs current)'; a missing fingerprint too."""
+    missing = [f"{r.source} has no environment fingerprint" for r in (reference, current) if not r.fingerprint]
     if missing:
         return missing
-    return [f"{k} ({baseline.fingerprint.get(k)!r} vs {current.fingerprint.get(k)!r})"
-            for k in comparable(baseline.fingerprint, current.fingerprint)]
+    return [f"{k} ({reference.fingerprint.get(k)!r} vs {current.fingerprint.get(k)!r})"
+            for k in comparable(reference.fingerprint, current.fingerprint)]
 
 
 def run_comparison(args: argparse.Namespace) -> Comparison:
@@ -31,19 +31,19 @@ def run_comparison(args: argparse.Namespace) -> Comparison:
     if not 0 < args.alpha < 1:
         raise CompareError(f"--alpha must be between 0 and 1, got {args.alpha}")
     current = load_results(args.run)
-    baseline = load_results(args.baseline)
-    mismatch = environment_mismatch(baseline, current)
+    reference = load_results(args.baseline)
+    mismatch = environment_mismatch(reference, current)
     if mismatch and not args.allow_mismatch:
         raise CompareError("environments differ: " + "; ".join(mismatch)
-                           + ". Measure the baseline on this machine, or pass --allow-mismatch")
-    if not baseline.cases.keys() & current.cases.keys():  # e.g. runs that differ in a run.* setting
-        current = rekeyed_on_configuration(baseline, current)
-    spreads = [r.aa_spread for r in (baseline, current) if r.aa_spread is not None]
+                           + ". Measure the reference on this machine, or pass --allow-mismatch")
+    if not reference.cases.keys() & current.cases.keys():  # e.g. runs that differ in a run.* setting
+        current = rekeyed_on_configuration(reference, current)
+    spreads = [r.aa_spread for r in (reference, current) if r.aa_spread is not None]
     if getattr(args, "aa", None):
         spreads.append(_aa_spread_of(args.aa))
     aa_spread = max(spreads) if spreads else None
-    findings = compare(baseline, current, max(args.threshold, aa_spread or 0.0), args.alpha, aa_spread is not None)
-    return Comparison(baseline, current, args.threshold, args.alpha, findings, mismatch if args.allow_mismatch else [],
+    findings = compare(reference, current, max(args.threshold, aa_spread or 0.0), args.alpha, aa_spread is not None)
+    return Comparison(reference, current, args.threshold, args.alpha, findings, mismatch if args.allow_mismatch else [],
                       aa_spread)
 
 
@@ -59,11 +59,11 @@ def _save(args: argparse.Namespace) -> int:
     results = load_results(args.run)
     ok = sum(c.ok for c in results.cases.values())
     if not ok:
-        raise CompareError(f"{args.run}: no case finished ok; nothing to promote to a baseline")
+        raise CompareError(f"{args.run}: no case finished ok; nothing to promote to a reference")
     if not results.fingerprint:
-        raise CompareError(f"{args.run}: no environment fingerprint (run.json); a baseline must say where it was measured")
+        raise CompareError(f"{args.run}: no environment fingerprint (run.json); a reference must say where it was measured")
     path = Path(args.save_baseline)
-    save_baseline(results, path)
+    save_reference(results, path)
     not_ok = len(results.cases) - ok
     fp = results.fingerprint
     where = ", ".join(f"{k}={fp.get(k)}" for k in ("device_name", "cpu_model", "threads", "torch"))

@@ -64,14 +64,14 @@ class Finding:
     workload: str
     label: str
     metric: str
-    baseline: float | None
+    baseline: float | None  # the reference's value (named `baseline` in the JSON and CSV output)
     current: float | None
-    change: float | None  # current / baseline - 1
+    change: float | None  # current / reference - 1
     test: str  # how it was decided
     p_value: float | None  # kept for the file formats; the interval decides
     verdict: str
     note: str = ""
-    ci_low: float | None = None  # interval of current / baseline (timing)
+    ci_low: float | None = None  # interval of current / reference (timing)
     ci_high: float | None = None
 
     @property
@@ -81,7 +81,7 @@ class Finding:
 
 @dataclass(frozen=True)
 class Comparison:
-    baseline: Results
+    reference: Results
     current: Results
     threshold: float
     alpha: float
@@ -125,10 +125,10 @@ class Comparison:
 
 def timing_decision(base: CaseResult, current: CaseResult, threshold: float, confidence: float,
                     aa_measured: bool = False) -> dict[str, Any]:
-    """The verdict on a case's timing: current / baseline median latency with its hierarchical interval,
+    """The verdict on a case's timing: current / reference median latency with its hierarchical interval,
     judged by `harness.verdict.decide` with the threshold as the band of 'same' (`aa_measured`: the
     threshold holds an A/A spread, so single-process runs can be judged)."""
-    disturbed = ([Disturbance("baseline", d.kind, d.reason) for d in base.disturbed]
+    disturbed = ([Disturbance("reference", d.kind, d.reason) for d in base.disturbed]
                  + [Disturbance("current run", d.kind, d.reason) for d in current.disturbed])
     if base.samples_ms and current.samples_ms:
         ratio, low, high = ratio_ci(current.samples_ms, base.samples_ms, confidence=confidence)
@@ -177,13 +177,13 @@ def metric_finding(
     if not usable(b) and not usable(c):
         return None
     if not usable(b) or not usable(c):
-        missing_side, source = ("baseline", base) if not usable(b) else ("current run", current)
+        missing_side, source = ("reference", base) if not usable(b) else ("current run", current)
         reason = getattr(source, metric.source) if metric.source else None
         return Finding(**finding, change=None, test="-", p_value=None, verdict=NOT_COMPARED,
                        note=f"not measured in the {missing_side}" + (f" ({reason})" if reason else ""))
     if metric.source and getattr(base, metric.source) != getattr(current, metric.source):
         return Finding(**finding, change=None, test="-", p_value=None, verdict=NOT_COMPARED,
-                       note=f"measured by {getattr(base, metric.source)} in the baseline, "
+                       note=f"measured by {getattr(base, metric.source)} in the reference, "
                             f"{getattr(current, metric.source)} now")
     if metric.timing:
         verdict, note = timing_finding_verdict(decision, threshold)
@@ -204,7 +204,7 @@ def metric_finding(
 
 def _noise_note(base: CaseResult, current: CaseResult) -> str:
     """Say when either side's spread (IQR / median) was above the 'noisy' line: the machine was busy."""
-    spread = {side: r.latency_ms_iqr / r.latency_ms_median for side, r in (("baseline", base), ("now", current))
+    spread = {side: r.latency_ms_iqr / r.latency_ms_median for side, r in (("reference", base), ("now", current))
               if usable(r.latency_ms_iqr) and usable(r.latency_ms_median)}
     if not any(v > NOISY_RELATIVE_IQR for v in spread.values()):
         return ""
@@ -222,27 +222,27 @@ def compare_case(base: CaseResult | None, current: CaseResult | None, threshold:
                         verdict, note)]
 
     if base is None:
-        return status(NEW, f"not in the baseline; status {current.status}")
+        return status(NEW, f"not in the reference; status {current.status}")
     if current is None:
         if base.ok:
-            return status(MISSING, "in the baseline, absent from this run")
-        return status(NOT_COMPARED, f"absent from this run; {base.status} in the baseline")
+            return status(MISSING, "in the reference, absent from this run")
+        return status(NOT_COMPARED, f"absent from this run; {base.status} in the reference")
     if not base.ok and not current.ok:
         return status(STILL_FAILING, f"{current.status}: {current.error or ''}".rstrip(": "))
     if not current.ok:
         return status(FAILED, f"{current.status}: {current.error or 'no error recorded'}")
     if not base.ok:
-        return status(FIXED, f"{base.status} in the baseline, ok now")
+        return status(FIXED, f"{base.status} in the reference, ok now")
     decision = timing_decision(base, current, threshold, 1 - alpha, aa_measured)
     found = (metric_finding(m, base, current, threshold, decision) for m in METRICS)
     return [f for f in found if f is not None]
 
 
-def compare(baseline: Results, current: Results, threshold: float = 0.10, alpha: float = 0.05,
+def compare(reference: Results, current: Results, threshold: float = 0.10, alpha: float = 0.05,
             aa_measured: bool = False) -> list[Finding]:
-    """All findings, most severe first; within a verdict, in baseline order then new cases. `threshold`
+    """All findings, most severe first; within a verdict, in reference order then new cases. `threshold`
     is the smallest regression (pass `Comparison.effective_threshold` and `aa_measured` to honour an
     A/A spread)."""
-    keys = list(baseline.cases) + [k for k in current.cases if k not in baseline.cases]
-    findings = [f for k in keys for f in compare_case(baseline.cases.get(k), current.cases.get(k), threshold, alpha, aa_measured)]
+    keys = list(reference.cases) + [k for k in current.cases if k not in reference.cases]
+    findings = [f for k in keys for f in compare_case(reference.cases.get(k), current.cases.get(k), threshold, alpha, aa_measured)]
     return sorted(findings, key=lambda f: ORDER.index(f.verdict))

@@ -50,10 +50,10 @@ def settings_diff(suite_a: Mapping[str, Any], suite_b: Mapping[str, Any], prefix
     return out
 
 
-def rekeyed_on_configuration(baseline, current):
-    """`current` (a compare `Results` of a run folder) with its cases renamed to the baseline's ids where
+def rekeyed_on_configuration(reference, current):
+    """`current` (a compare `Results` of a run folder) with its cases renamed to the reference's ids where
     their configurations match, its source naming the differing settings; CompareError when nothing
-    matches, the suites differ, or either side is not a run folder (a baseline file keeps no configuration
+    matches, the suites differ, or either side is not a run folder (a reference file keeps no configuration
     columns)."""
     from dataclasses import replace
     from pathlib import Path
@@ -62,10 +62,10 @@ def rekeyed_on_configuration(baseline, current):
     from harness.compare.records import CompareError
     from harness.store import RunStore
 
-    paths = [Path(r.source) for r in (baseline, current)]
-    if not all(p.is_dir() for p in paths) or baseline.suite != current.suite:
-        raise CompareError(f"no (case, workload) of the baseline (suite {baseline.suite}) is in the run "
-                           f"(suite {current.suite}): wrong baseline?")
+    paths = [Path(r.source) for r in (reference, current)]
+    if not all(p.is_dir() for p in paths) or reference.suite != current.suite:
+        raise CompareError(f"no (case, workload) of the reference (suite {reference.suite}) is in the run "
+                           f"(suite {current.suite}): wrong reference?")
     mapping = match_by_configuration(RunStore(paths[0]).rows(), RunStore(paths[1]).rows())
     if not mapping:
         raise CompareError(f"no (case, workload) of {paths[0]} is in {paths[1]}, by case id or by model and MoE "

@@ -13,7 +13,7 @@ Key = tuple[str, str]
 
 
 class CompareError(Exception):
-    """Bad input for compare (missing run, unreadable baseline, incomparable environments): exit 2."""
+    """Bad input for compare (missing run, unreadable reference, incomparable environments): exit 2."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _finite(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Results:
-    """A run or a stored baseline: where it came from, its environment fingerprint and its cases."""
+    """A run or a stored reference: where it came from, its environment fingerprint and its cases."""
 
     source: str
     suite: str | None

@@ -10,21 +10,21 @@ from harness.analysis import load, load_run_info
 from harness.compare.records import CaseResult, CompareError, Results
 from harness.values import as_number, plain, strict_json
 
-BASELINE_FORMAT = "moe-harness-baseline"
-BASELINE_VERSION = 2
+REFERENCE_FORMAT = "moe-harness-baseline"  # the file format keeps its first name
+REFERENCE_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: one flat sample list per case (one process), no contention
 
 
 def load_results(path: str | Path) -> Results:
-    """A run folder (rows.jsonl with raw samples, else its results table) or a baseline JSON file."""
+    """A run folder (rows.jsonl with raw samples, else its results table) or a reference JSON file."""
     p = Path(path)
     if p.is_dir():
         return _from_run(p)
     if p.is_file():
         if p.suffix != ".json":
-            raise CompareError(f"{p}: expected a run folder or a baseline .json file")
-        return read_baseline(p)
-    raise CompareError(f"{p}: no such run folder or baseline file")
+            raise CompareError(f"{p}: expected a run folder or a reference .json file")
+        return read_reference(p)
+    raise CompareError(f"{p}: no such run folder or reference file")
 
 
 def _from_run(run_dir: Path) -> Results:
@@ -46,17 +46,17 @@ def _from_run(run_dir: Path) -> Results:
     return Results(str(run_dir), info.suite_name, info.fingerprint, cases, as_number((info.aa or {}).get("spread")))
 
 
-def read_baseline(path: Path) -> Results:
+def read_reference(path: Path) -> Results:
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CompareError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except (UnicodeDecodeError, RecursionError) as exc:
         raise CompareError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
-    if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != REFERENCE_FORMAT:
         raise CompareError(f"{path}: not a moe-harness baseline (write one with compare RUN --save-baseline FILE)")
     if doc.get("version") not in READABLE_VERSIONS:
-        raise CompareError(f"{path}: baseline format version {doc.get('version')}, this harness reads "
+        raise CompareError(f"{path}: reference format version {doc.get('version')}, this harness reads "
                            f"{', '.join(map(str, READABLE_VERSIONS))}")
     for key, kind in (("cases", list), ("fingerprint", dict), ("suite", str)):
         if key in doc and not (isinstance(doc[key], kind) or (doc[key] is None and key != "cases")):
@@ -69,11 +69,11 @@ def read_baseline(path: Path) -> Results:
                    as_number(doc.get("aa_spread")))
 
 
-def baseline_text(results: Results, created: str | None = None) -> str:
-    """The baseline file: a small header, then one line per case so that refreshes diff readably."""
+def reference_text(results: Results, created: str | None = None) -> str:
+    """The reference file: a small header, then one line per case so that refreshes diff readably."""
     header = {
-        "format": BASELINE_FORMAT,
-        "version": BASELINE_VERSION,
+        "format": REFERENCE_FORMAT,
+        "version": REFERENCE_VERSION,
         "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_run": results.source,
         "suite": results.suite,
@@ -86,8 +86,8 @@ def baseline_text(results: Results, created: str | None = None) -> str:
     return f'{head[:-2]},\n  "cases": [\n{body}\n  ]\n}}\n'
 
 
-def save_baseline(results: Results, path: Path) -> None:
+def save_reference(results: Results, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(baseline_text(results))
+    tmp.write_text(reference_text(results))
     tmp.replace(path)

@@ -29,7 +29,7 @@ def render(comparison: Comparison, fmt: str) -> str:
             writer.writerow(["" if v is None else v for v in (getattr(f, c) for c in COLUMNS)])
         return out.getvalue()
     rows = [_display(f) for f in comparison.findings]
-    headers = ["case", "workload", "metric", "baseline", "current", "change", "CI of now/before", "verdict"]
+    headers = ["case", "workload", "metric", "reference", "current", "change", "CI of now/before", "verdict"]
     if fmt == "markdown":
         lines = [f"**{_headline(comparison)}**", "", _context(comparison), ""]
         if comparison.noisy_cases:
@@ -72,7 +72,7 @@ def _context(c: Comparison) -> str:
         commit = r.fingerprint.get("git_commit")
         return f"{r.source} (suite {r.suite or '?'}" + (f", commit {str(commit)[:12]}" if commit else "") + ")"
 
-    text = f"baseline {describe(c.baseline)} vs current {describe(c.current)}"
+    text = f"reference {describe(c.reference)} vs current {describe(c.current)}"
     if c.mismatch:
         text += f"; environments differ ({', '.join(c.mismatch)}), compared anyway (--allow-mismatch)"
     return text
@@ -105,7 +105,7 @@ def _json_doc(c: Comparison) -> dict[str, Any]:
         "aa_spread": c.aa_spread,
         "effective_threshold": c.effective_threshold,
         "alpha": c.alpha,
-        "baseline": {"source": c.baseline.source, "suite": c.baseline.suite},
+        "baseline": {"source": c.reference.source, "suite": c.reference.suite},  # key kept for older readers
         "current": {"source": c.current.source, "suite": c.current.suite},
         "environment_mismatch": c.mismatch,
         "noisy_cases": c.noisy_cases,
