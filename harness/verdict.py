@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from harness.values import as_number
+
 FASTER, SLOWER, SAME, UNRELIABLE = "faster", "slower", "same", "unreliable"
 VERDICTS = (FASTER, SLOWER, SAME, UNRELIABLE)
 DEFAULT_MARGIN = 0.05
@@ -96,7 +98,7 @@ def decide(
     if disturbed:
         cause = CONTENDED if any(d.kind == CONTENDED for d in disturbed) else UNSTABLE
         return Verdict(UNRELIABLE, "; ".join(map(str, disturbed)), cause)
-    est, lo, hi = _num(estimate), _num(low), _num(high)
+    est, lo, hi = as_number(estimate), as_number(low), as_number(high)
     if lo is None or hi is None or (scale == "ratio" and not (lo > 0 and hi > 0)):
         return Verdict(UNRELIABLE, "no confidence interval", NO_INTERVAL)
     if processes is not None and processes < 2 and not margin_measured:
@@ -121,7 +123,7 @@ def decide(
 def fewest_processes(*counts: Any) -> Optional[int]:
     """The smallest process count among a comparison's sides; None when no side recorded one (runs
     from before processes were counted)."""
-    known = [int(n) for n in map(_num, counts) if n is not None]
+    known = [int(n) for n in map(as_number, counts) if n is not None]
     return min(known) if known else None
 
 
@@ -159,14 +161,6 @@ def unreliable_sentence(
 
 def _interval(lo: float, hi: float, scale: str) -> str:
     return f"CI [{lo:.3g}, {hi:.3g}]" if scale == "ratio" else f"CI [{lo:+.3g}, {hi:+.3g}]"
-
-
-def _num(value: Any) -> Optional[float]:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _true(value: Any) -> bool:
