@@ -1,6 +1,6 @@
 """Plain-text tables for the terminal (`list`, `plan`, `compare`, the GPU smoke check): each column as wide as its
-widest cell, two spaces apart, a dash for a value that is missing; and the same rows as Markdown (compare's
-job summaries)."""
+widest cell, two spaces apart, a dash for a value that is missing; the same rows as Markdown (compare's
+job summaries); and the one precision rule for measured numbers, which the HTML report's tables share."""
 from __future__ import annotations
 
 from typing import Any, Collection, Sequence
@@ -13,6 +13,12 @@ def cell(value: Any, spec: str = "") -> str:
     except TypeError:  # pandas.NA: its comparison is NA, which has no truth value
         missing = True
     return "-" if missing else format(value, spec)
+
+
+def readable(value: float) -> str:
+    """A measured number at the precision a reader uses: 12,345 / 123.4 / 12.34 / 0.0123."""
+    size = abs(value)
+    return f"{value:,.0f}" if size >= 1000 else f"{value:.1f}" if size >= 100 else f"{value:.2f}" if size >= 1 else f"{value:.3g}"
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:

@@ -3,7 +3,7 @@ import math
 
 import pandas as pd
 
-from harness.text_table import cell, markdown_table, text_table
+from harness.text_table import cell, markdown_table, readable, text_table
 
 
 def test_missing_values_are_dashes_and_present_ones_formatted():
@@ -20,3 +20,7 @@ def test_columns_fit_their_widest_cell_and_numbers_align_right():
 def test_markdown_cells_cannot_split_on_a_pipe():
     lines = markdown_table(["case", "note"], [["a", "x|y"]])
     assert lines == ["| case | note |", "|---|---|", "| a | x\\|y |"]
+
+
+def test_measured_numbers_keep_about_three_significant_digits():
+    assert [readable(v) for v in (12345.6, -123.45, 12.345, 0.012345)] == ["12,346", "-123.5", "12.35", "0.0123"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.compare.decide import METRICS, Metric
+from harness.compare.render import metric_text
 from harness.compare.steps import MIN_WINDOW, Step, WindowInterval, find_steps, window_interval
 from harness.history import Entry, HistoryError
 from harness.labels import case_label
@@ -190,8 +191,8 @@ def render_history(c: HistoryComparison, fmt: str) -> str:
                           "reason": j.verdict.reason, "note": _note(j)} for j in c.judgements],
         }, indent=2, allow_nan=False, default=str) + "\n"
     headers = ["case", "workload", "metric", "now", "window", "change", "interval", "verdict", "why"]
-    rows = [[f"{j.key[0]} {j.label}".strip(), j.key[1], j.metric.name, _fmt(j.value, j.metric.name),
-             _fmt(j.interval.location if j.interval else None, j.metric.name),
+    rows = [[f"{j.key[0]} {j.label}".strip(), j.key[1], j.metric.name, metric_text(j.value, j.metric.name),
+             metric_text(j.interval.location if j.interval else None, j.metric.name),
              f"{j.interval.ratio - 1:+.1%}" if j.interval else "-",
              f"[{j.interval.low:.2f}, {j.interval.high:.2f}]" if j.interval else "-", j.verdict.verdict,
              "; ".join(filter(None, (j.verdict.reason, _note(j))))] for j in c.judgements]
@@ -217,13 +218,6 @@ def _note(j: Judgement) -> str:
     return f"window restarted at a level step of {j.level.change:+.0%}"
 
 
-def _fmt(v: float | None, metric: str = "") -> str:
-    if v is None:
-        return "-"
-    if metric == "peak_memory_bytes":
-        return f"{v / 2**20:.1f} MiB"
-    size = abs(v)
-    return f"{v:,.0f}" if size >= 1000 else f"{v:.1f}" if size >= 100 else f"{v:.2f}" if size >= 1 else f"{v:.3g}"
 
 
 def run_against_history(run_dir: str, history_path: str, window: int, threshold: float, fmt: str,

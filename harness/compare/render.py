@@ -9,7 +9,7 @@ from typing import Any
 from harness.compare.decide import Comparison, Finding
 from harness.compare.records import Results
 from harness.metrics.statistics import NOISY_RELATIVE_IQR
-from harness.text_table import markdown_table, text_table
+from harness.text_table import markdown_table, readable, text_table
 from harness.values import strict_json
 
 COLUMNS = ("case_id", "label", "workload", "metric", "baseline", "current", "change", "ci_low", "ci_high", "test",
@@ -78,21 +78,20 @@ def _context(c: Comparison) -> str:
     return text
 
 
-def _display(f: Finding) -> list[str]:
-    def value(v: float | None) -> str:
-        if v is None:
-            return "-"
-        if f.metric == "peak_memory_bytes":
-            return f"{v / 2**20:.1f} MiB"
-        size = abs(v)
-        return f"{v:,.0f}" if size >= 1000 else f"{v:.1f}" if size >= 100 else f"{v:.2f}" if size >= 1 else f"{v:.3g}"
+def metric_text(value: float | None, metric: str) -> str:
+    """One compared value for a reader: memory in MiB, anything else at table precision, '-' when missing."""
+    if value is None:
+        return "-"
+    return f"{value / 2**20:.1f} MiB" if metric == "peak_memory_bytes" else readable(value)
 
+
+def _display(f: Finding) -> list[str]:
     case = f"{f.case_id} {f.label}".strip()
     change = "-" if f.change is None else f"{f.change:+.1%}"
     ci = "-" if f.ci_low is None or f.ci_high is None else f"[{f.ci_low:.3g}, {f.ci_high:.3g}]"
     metric = {"latency_ms_median": "latency ms", "tokens_per_s": "tokens/s", "peak_memory_bytes": "peak memory",
               "energy_j_per_token": "J/token"}.get(f.metric, f.metric)
-    return [case, f.workload, metric, value(f.baseline), value(f.current), change, ci, f.verdict]
+    return [case, f.workload, metric, metric_text(f.baseline, f.metric), metric_text(f.current, f.metric), change, ci, f.verdict]
 
 
 def _json_doc(c: Comparison) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from harness.analysis import better_above_one, coverage
 from harness.labels import config_label, configuration, dense_label
+from harness.text_table import readable
 from harness.verdict import FASTER, SAME, SLOWER, UNRELIABLE
 
 MIB = 2**20
@@ -62,10 +63,7 @@ def fmt(value: Any, scale: float = 1.0) -> Cell:
     if number is None:
         return Cell("—", None, "missing", "not measured")
     number /= scale
-    magnitude = abs(number)
-    text = (f"{number:,.0f}" if magnitude >= 1000 else f"{number:.1f}" if magnitude >= 100
-            else f"{number:.2f}" if magnitude >= 1 else f"{number:.3g}")
-    return Cell(text, number)
+    return Cell(readable(number), number)
 
 
 def ratio_cell(ratio: Any, lo: Any = None, hi: Any = None, higher_is_better: bool = True) -> Cell:
