@@ -19,36 +19,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from typing import Callable
 
 import torch
 
+from benchmarks.moe_layer import phase_steps
 from harness.config import ModelConfig, MoEConfig
 from harness.metrics.timing import time_steps
 from harness.models.hf.build import experts_implementations
 from harness.models.moe.layer import MoELayer
 
 REFERENCE = "grouped"
-
-
-def _steps(module: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], None]]:
-    """`x` is [tokens, d_model]; transformers' blocks take [batch, seq, d_model] (a view, one sequence)."""
-    hf = not isinstance(module, MoELayer)
-
-    def call():
-        out = module(x[None] if hf else x)
-        return out[0] if isinstance(out, tuple) else out
-
-    def forward():
-        with torch.no_grad():
-            call()
-
-    def forward_backward():
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        call().sum().backward()
-
-    return {"fwd": forward, "fwd+bwd": forward_backward}
 
 
 def hf_blocks(layer: MoELayer, args, impls: list[str]) -> dict[str, torch.nn.Module]:
@@ -100,7 +80,7 @@ def measure(experts: int, tokens: int, args) -> list[dict]:
                                         f"(> --max-gather-gib {args.max_gather_gib:g})")
     modules.update(hf_blocks(modules[REFERENCE], args, hf_impls))
     x = torch.randn(tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
-    steps = {name: _steps(m, x) for name, m in modules.items()}
+    steps = {name: phase_steps(m, x, one_sequence=not isinstance(m, MoELayer)) for name, m in modules.items()}
     for phase in ("fwd", "fwd+bwd"):
         for name in list(steps):  # warm-up until step times settle; one that cannot run here drops out
             try:

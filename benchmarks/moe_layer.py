@@ -25,9 +25,11 @@ from harness.models.moe.dispatch import IMPLS
 from harness.models.moe.layer import MoELayer
 
 
-def _steps(module: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], None]]:
+def phase_steps(module: torch.nn.Module, x: torch.Tensor, one_sequence: bool = False) -> dict[str, Callable[[], None]]:
+    """The two timed phases of a layer on `x` [tokens, d_model]: a no-grad forward, and forward plus backward.
+    `one_sequence`: the module takes [batch, seq, d_model] (transformers' blocks), so it gets x as one sequence."""
     def call():
-        out = module(x)
+        out = module(x[None] if one_sequence else x)
         return out[0] if isinstance(out, tuple) else out
 
     def forward():
@@ -54,7 +56,7 @@ def measure(experts: int, top_k: int, impls: list[str], args) -> list[dict]:
                         routing_mode=args.routing_mode, aux_loss_coef=0.0)
         modules[impl] = MoELayer(model, moe).to(device, dtype)
     x = torch.randn(args.tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
-    steps = {name: _steps(m, x) for name, m in modules.items()}
+    steps = {name: phase_steps(m, x) for name, m in modules.items()}
     rows = []
     for phase in ("fwd", "fwd+bwd"):
         for name in modules:  # warm-up

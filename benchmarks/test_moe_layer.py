@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from benchmarks.moe_layer import _steps
+from benchmarks.moe_layer import phase_steps
 from harness.config import ModelConfig, MoEConfig
 from harness.models.dense import FeedForward
 from harness.models.moe.dispatch import IMPLS
@@ -45,7 +45,7 @@ CASES = [("dense", e) for e in EXPERTS[:1]] + [(impl, e) for impl in IMPLS for e
 def test_layer(benchmark, impl, experts, phase):
     module = _module(impl, experts)
     x = torch.randn(TOKENS, D_MODEL, requires_grad=True)
-    step = _steps(module, x)[phase]
+    step = phase_steps(module, x)[phase]
     benchmark.group = f"{phase} tokens={TOKENS}"
     benchmark.extra_info.update(impl=impl, experts=experts if impl != "dense" else None, top_k=TOP_K,
                                 d_model=D_MODEL, d_ff=D_FF, tokens=TOKENS, threads=torch.get_num_threads())
