@@ -15,7 +15,6 @@ import pandas as pd
 from harness import aa
 from harness.contracts import ContractError, RunInfo, read_run_info
 from harness.errors import UserError
-from harness.labels import capacity_label, config_label  # noqa: F401  (re-exported: their home is labels)
 from harness.metrics import stability
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
 from harness.verdict import DEFAULT_MARGIN, Verdict, decide, disturbances, fewest_processes, unreliable_sentence

@@ -48,7 +48,7 @@ def print_summary(df: pd.DataFrame, info: RunInfo | None = None) -> None:
 def quality_table(df: pd.DataFrame, steps: pd.DataFrame | None) -> pd.DataFrame:
     """One line per MoE configuration trained by the quality workload: val_loss on both sides (mean over
     seeds), Δval_loss and the time-to-target speedup with their intervals over seeds and verdicts."""
-    from harness.analysis import config_label
+    from harness.labels import config_label
     from harness.quality import replicates, to_target
 
     if df.empty or not ((df["workload"] == "quality") & (df["kind"] == "moe")).any():

@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from harness.analysis import coverage
+from harness.config import BUILTIN_WORKLOADS
 from harness.labels import capacity_label, config_label, dense_label
 from harness.verdict import UNRELIABLE
 
@@ -46,8 +47,8 @@ def new_figure(nrows: int, ncols: int, height: float = PANEL_H) -> tuple[Figure,
 
 
 def _workloads(df: pd.DataFrame) -> list[str]:
-    order = {"train_step": 0, "forward": 1}
-    return sorted(df["workload"].dropna().unique(), key=lambda w: (order.get(w, 9), w))
+    order = {w: i for i, w in enumerate(BUILTIN_WORKLOADS)}
+    return sorted(df["workload"].dropna().unique(), key=lambda w: (order.get(w, len(order)), w))
 
 
 def _experts_axis(ax, values: pd.Series) -> None:

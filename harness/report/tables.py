@@ -5,7 +5,6 @@ template only lays cells out, and jinja2 escapes every text.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,6 +13,7 @@ import pandas as pd
 from harness.analysis import better_above_one, coverage
 from harness.labels import config_label, configuration, dense_label
 from harness.text_table import readable
+from harness.values import as_number
 from harness.verdict import FASTER, SAME, SLOWER, UNRELIABLE
 
 MIB = 2**20
@@ -49,17 +49,9 @@ def _flag(value: Any) -> bool:
     return value is not None and not pd.isna(value) and bool(value)
 
 
-def _num(value: Any) -> Optional[float]:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def fmt(value: Any, scale: float = 1.0) -> Cell:
     """A numeric cell; a missing value shows as an em dash and sorts last (never as 0)."""
-    number = _num(value)
+    number = as_number(value)
     if number is None:
         return Cell("—", None, "missing", "not measured")
     number /= scale
@@ -68,10 +60,10 @@ def fmt(value: Any, scale: float = 1.0) -> Cell:
 
 def ratio_cell(ratio: Any, lo: Any = None, hi: Any = None, higher_is_better: bool = True) -> Cell:
     """'1.12× [1.05, 1.19]', classed 'better'/'worse' when the whole interval is on one side of 1."""
-    r = _num(ratio)
+    r = as_number(ratio)
     if r is None:
         return Cell("—", None, "missing", "not measured")
-    lo, hi = _num(lo), _num(hi)
+    lo, hi = as_number(lo), as_number(hi)
     text = f"{r:.2f}×"
     cls, title = "", ""
     if lo is not None and hi is not None:
@@ -91,10 +83,10 @@ VERDICT_CLASS = {FASTER: "better", SLOWER: "worse", UNRELIABLE: "unreliable"}
 def verdict_cell(ratio: Any, lo: Any, hi: Any, verdict: Any, reason: Any) -> Cell:
     """A ratio with its CI, coloured by the pair's verdict (harness.verdict), never by the interval
     alone: an unreliable pair is grey whatever its interval says, and says why."""
-    r = _num(ratio)
+    r = as_number(ratio)
     if r is None:
         return Cell("—", None, "missing", text(reason) or "not measured")
-    lo, hi = _num(lo), _num(hi)
+    lo, hi = as_number(lo), as_number(hi)
     shown = f"{r:.2f}×" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
     label = text(verdict)
     return Cell(shown, r, VERDICT_CLASS.get(label, ""), f"{label}: {text(reason)}" if label else text(reason))
@@ -149,7 +141,7 @@ def headline(pairs: pd.DataFrame, df: pd.DataFrame) -> Table:
             cells.append(ratio_cell(row["energy_per_token_ratio"], higher_is_better=better_above_one("energy_per_token_ratio")))
         if show_quality:
             cells.append(ratio_cell(row["quality_ratio"], higher_is_better=better_above_one("quality_ratio")))
-        active, total = _num(row.get("params_active")), _num(row.get("params_total"))
+        active, total = as_number(row.get("params_active")), as_number(row.get("params_total"))
         cells += [
             fmt(row.get("dropped_fraction")),
             Cell(f"{active / 1e6:.2f}M / {total / 1e6:.2f}M" if active and total else "—", total),
@@ -324,14 +316,14 @@ def quality_table(table: pd.DataFrame) -> Table:
             Cell(config_label(row, extras)),
             Cell(str(int(row["seeds"])), int(row["seeds"]), "", f"seeds {text(row.get('seed_list'))}"),
             fmt(row["val_loss_mean"]), fmt(row["dense_val_loss_mean"]),
-            _judged(_num(row["delta_val_loss"]), _num(row["delta_val_loss_ci_low"]), _num(row["delta_val_loss_ci_high"]),
+            _judged(as_number(row["delta_val_loss"]), as_number(row["delta_val_loss_ci_low"]), as_number(row["delta_val_loss_ci_high"]),
                     "+.3f", quality, row["quality_verdict_reason"]),
             Cell(quality, quality, QUALITY_CLASS.get(quality, ""), text(row["quality_verdict_reason"])),
-            _judged(_num(row["time_speedup"]), _num(row["time_speedup_ci_low"]), _num(row["time_speedup_ci_high"]),
+            _judged(as_number(row["time_speedup"]), as_number(row["time_speedup_ci_low"]), as_number(row["time_speedup_ci_high"]),
                     ".2f", time, row["time_verdict_reason"]),
             Cell(time, time, QUALITY_CLASS.get(time, ""), text(row["time_verdict_reason"])),
-            _judged(_num(row.get("step_speedup")), None, None, ".2f", None, "no held-out curve"),
-            _judged(_num(row.get("energy_speedup")), None, None, ".2f", None, "energy not measured"),
+            _judged(as_number(row.get("step_speedup")), None, None, ".2f", None, "no held-out curve"),
+            _judged(as_number(row.get("energy_speedup")), None, None, ".2f", None, "energy not measured"),
         ])
         out.row_classes.append("")
     return out
@@ -354,7 +346,7 @@ def quality_card(table: pd.DataFrame) -> dict[str, Any]:
         picks.append(("worst", delta.idxmax()))
     for key, idx in picks:
         row = table.loc[idx]
-        speed = _num(row["time_speedup"])
+        speed = as_number(row["time_speedup"])
         card[key] = {"label": config_label(row, extras), "delta": f"{float(row['delta_val_loss']):+.3f}",
                      "verdict": text(row["quality_verdict"]),
                      "time": "—" if speed is None else f"{speed:.2f}× ({text(row['time_verdict'])})"}
@@ -375,7 +367,7 @@ def directions_table(found: pd.DataFrame) -> Table:
             Cell(text(row["direction"])), Cell(text(row["claim"])), Cell(text(row["contrast"])),
             Cell(text(row["metric"])), Cell(str(int(row["seeds"])), int(row["seeds"])),
             fmt(row["a_mean"]), fmt(row["b_mean"]),
-            _judged(_num(row["difference"]), _num(row["ci_low"]), _num(row["ci_high"]), "+.3f", verdict, row["reason"]),
+            _judged(as_number(row["difference"]), as_number(row["ci_low"]), as_number(row["ci_high"]), "+.3f", verdict, row["reason"]),
             Cell(verdict, verdict, DIRECTION_CLASS.get(verdict, ""), text(row["reason"])),
         ])
         out.row_classes.append("")
