@@ -13,7 +13,7 @@ import statistics
 from typing import Any, Optional, Sequence
 
 from harness.metrics import contention
-from harness.metrics.statistics import as_groups, ratio_ci, summarize
+from harness.metrics.statistics import as_groups, latency_columns, ratio_ci, summarize
 
 PER_PROCESS = "process_rows"
 """Raw journal key: the worker rows a pooled row was made from (kept so a resumed run can add to them)."""
@@ -27,18 +27,11 @@ def pool(parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     groups = [p["samples_s"] for p in parts]
     stats = summarize(groups, seed=seed)
     row = {k: v for k, v in first.items() if k != "samples_s"}
-    tokens_per_s = first["tokens_per_step"] / stats.median
-    scale = tokens_per_s / first["tokens_per_s"] if first.get("tokens_per_s") else None
+    latency = latency_columns(stats, first["tokens_per_step"])
+    scale = latency["tokens_per_s"] / first["tokens_per_s"] if first.get("tokens_per_s") else None
     row.update(
-        tokens_per_s=tokens_per_s,
-        latency_ms_median=stats.median * 1e3,
-        latency_ms_p90=stats.p90 * 1e3,
-        latency_ms_iqr=stats.iqr * 1e3,
-        latency_ms_ci_low=stats.ci_low * 1e3,
-        latency_ms_ci_high=stats.ci_high * 1e3,
-        repeats=stats.n,
+        latency,
         processes=stats.processes,
-        noisy=stats.noisy,
         warmup_iterations=max(p.get("warmup_iterations") or 0 for p in parts),
         min_time_capped=any(bool(p.get("min_time_capped")) for p in parts),
         samples_s=[list(map(float, g)) for g in as_groups(groups)],

@@ -165,7 +165,7 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
     """
     from harness import accounting
     from harness.metrics import contention, energy, memory, nvml, stability, utilisation
-    from harness.metrics.statistics import summarize
+    from harness.metrics.statistics import latency_columns, summarize
     from harness.metrics.timing import time_steps
     from harness.models.compile import compile_seconds
 
@@ -193,16 +193,9 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
     row: dict[str, Any] = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "tokens_per_s": workload.tokens_per_step / stats.median,
-        "latency_ms_median": stats.median * 1e3,
-        "latency_ms_p90": stats.p90 * 1e3,
-        "latency_ms_iqr": stats.iqr * 1e3,
-        "latency_ms_ci_low": stats.ci_low * 1e3,
-        "latency_ms_ci_high": stats.ci_high * 1e3,
-        "repeats": stats.n,
+        **latency_columns(stats, workload.tokens_per_step),
         "warmup_iterations": timings.warmup_iterations,
         "min_time_capped": timings.min_time_capped,
-        "noisy": stats.noisy,
         "timer": timings.timer,
         "tokens_per_step": workload.tokens_per_step,
         "torch_threads": torch.get_num_threads(),

@@ -216,3 +216,18 @@ def paired_ratio_ci(ratios: Sequence[float], confidence: float = 0.95) -> tuple[
     x = x[np.isfinite(x) & (x > 0)]
     mean, low, high = paired_mean_ci(np.log(x), confidence)
     return tuple(float(np.exp(v)) if math.isfinite(v) else float("nan") for v in (mean, low, high))  # type: ignore[return-value]
+
+
+def latency_columns(stats: Summary, tokens_per_step: float) -> dict[str, Any]:
+    """A row's timing columns from the `Summary` of its step seconds. The one place that turns them into
+    tokens/s and millisecond latencies, so a worker's row, a multi-rank group's and a pooled row agree."""
+    return {
+        "tokens_per_s": tokens_per_step / stats.median,
+        "latency_ms_median": stats.median * 1e3,
+        "latency_ms_p90": stats.p90 * 1e3,
+        "latency_ms_iqr": stats.iqr * 1e3,
+        "latency_ms_ci_low": stats.ci_low * 1e3,
+        "latency_ms_ci_high": stats.ci_high * 1e3,
+        "repeats": stats.n,
+        "noisy": stats.noisy,
+    }

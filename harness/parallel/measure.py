@@ -140,7 +140,7 @@ def merge(records: list[dict[str, Any]], ep_size: int, backend: str, seed: int) 
     The group's step ends when its slowest rank's does, so step i of the group takes the largest of
     the ranks' step-i times; tokens/s is the global batch's tokens over the median of those.
     """
-    from harness.metrics.statistics import summarize
+    from harness.metrics.statistics import latency_columns, summarize
 
     world = len(records)
     rows = [r["row"] for r in records]
@@ -158,14 +158,7 @@ def merge(records: list[dict[str, Any]], ep_size: int, backend: str, seed: int) 
         "dp_size": world // ep_size,
         "backend": backend,
         "tokens_per_step": tokens_per_step,
-        "tokens_per_s": tokens_per_step / stats.median,
-        "latency_ms_median": stats.median * 1e3,
-        "latency_ms_p90": stats.p90 * 1e3,
-        "latency_ms_iqr": stats.iqr * 1e3,
-        "latency_ms_ci_low": stats.ci_low * 1e3,
-        "latency_ms_ci_high": stats.ci_high * 1e3,
-        "repeats": stats.n,
-        "noisy": stats.noisy,
+        **latency_columns(stats, tokens_per_step),
         "samples_s": per_step,
         "rank_step_ms": _joined([m * 1e3 for m in rank_medians], "{:.3f}"),
         "straggler_ratio": max(rank_medians) / statistics.median(rank_medians),
