@@ -16,6 +16,7 @@ from harness import aa
 from harness.contracts import ContractError, RunInfo, read_run_info
 from harness.errors import UserError
 from harness.metrics import stability
+from harness.metrics.statistics import pooled_ratio_intervals, pooled_variance
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
 from harness.verdict import DEFAULT_MARGIN, Verdict, decide, disturbances, fewest_processes, unreliable_sentence
 
@@ -233,8 +234,10 @@ def paired(df: pd.DataFrame, baseline: str = "flop_matched", margin: float | Non
 
     `baseline='aa_copy'` pairs each A/A copy (left, as 'MoE') with the case it copies ('dense_' columns).
 
-    Throughput-ratio CI: the run's interleaved `throughput_ratio_ci_low/high` when present
-    (`throughput_ratio_ci_method='interleaved'`); otherwise the box of the two latency CIs,
+    Throughput-ratio CI: for interleaved pairs, a t interval on the processes' log ratios with the
+    variance pooled over the run's pairs of the workload (method 'interleaved, pooled over N pairs
+    (D df)'), or the run's own bootstrap interval when it cannot be pooled (method 'interleaved');
+    otherwise the box of the two latency CIs,
     lo = r * (dense_ci_low / dense_median) * (moe_median / moe_ci_high), hi likewise with the
     other bounds (= dense_ci_low / moe_ci_high when throughput = tokens / median latency;
     method 'latency_ci_bounds'). With two independent 95% intervals it covers the true ratio with
@@ -350,11 +353,34 @@ def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series) -> None:
     if "throughput_ratio_ci_method" in out.columns:  # keep the run's reason when the interleaved pair failed
         stated = out["throughput_ratio_ci_method"].astype(STRING)
         method = method.mask(~use & stated.str.startswith("unavailable").fillna(False), stated)
+    lo, hi, method = _pooled_interleaved(out, use, lo, hi, method)
     out["throughput_ratio_ci_low"], out["throughput_ratio_ci_high"] = lo, hi
     out["throughput_ratio_ci_method"] = method
     lat_ok = both_ok & (moe_lat[1] > 0) & (moe_lat[2] > 0) & (dense_lat[1] > 0) & (dense_lat[2] > 0)
     out["latency_ratio_ci_low"] = (moe_lat[1] / dense_lat[2]).where(lat_ok)
     out["latency_ratio_ci_high"] = (moe_lat[2] / dense_lat[1]).where(lat_ok)
+
+
+def _pooled_interleaved(out: pd.DataFrame, use: pd.Series, lo: pd.Series, hi: pd.Series,
+                        method: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Interleaved pairs' intervals from the per-process log ratios, with the between-process variance
+    pooled over the run's undisturbed pairs of the same workload (`statistics.pooled_variance` and
+    `pooled_ratio_intervals`). With two processes a pair's own variance has one degree of freedom and
+    Student's t widens its interval 9x; the pool has one per pair. Each interval is centred on the
+    geometric mean of its processes' ratios, which becomes the pair's ratio. Runs that did not record
+    the log ratios keep the bootstrap interval."""
+    mean, var = _col(out, "interleaved_log_ratio_mean"), _col(out, "interleaved_log_ratio_var")
+    count = _col(out, "interleaved_process_count")
+    calm = {i: not (disturbances(r, "MoE") or disturbances(r, "baseline", prefix="dense_")) for i, r in out.iterrows()}
+    for _, index in out[use & mean.notna()].groupby("workload").groups.items():
+        estimating = [i for i in index if calm[i]]
+        variance, dof = pooled_variance(var[estimating], count[estimating].fillna(0))
+        found = pooled_ratio_intervals(mean[index], var[index], count[index].fillna(0), variance, dof)
+        for i, (ratio, low, high) in zip(index, found):
+            if np.isfinite(low) and np.isfinite(high):
+                out.loc[i, "throughput_ratio"], lo[i], hi[i] = ratio, low, high
+                method[i] = f"interleaved, pooled over {len(estimating)} pairs ({dof} df)"
+    return lo, hi, method
 
 
 def _col(df: pd.DataFrame, name: str) -> pd.Series:

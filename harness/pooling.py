@@ -13,7 +13,7 @@ import statistics
 from typing import Any, Optional, Sequence
 
 from harness.metrics import contention
-from harness.metrics.statistics import as_groups, latency_columns, ratio_ci, summarize
+from harness.metrics.statistics import as_groups, latency_columns, process_log_ratios, ratio_ci, summarize
 
 PER_PROCESS = "process_rows"
 """Raw journal key: the worker rows a pooled row was made from (kept so a resumed run can add to them)."""
@@ -76,7 +76,11 @@ def pool_interleaved(parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str
     dense = [p["samples_b"] for p in parts]
     # equal tokens per step on both sides, so throughput ratio = baseline latency / MoE latency
     ratio, low, high = ratio_ci(dense, moe, seed=seed, paired=True)
+    logs = process_log_ratios(dense, moe)
     return {
+        "interleaved_log_ratio_mean": statistics.fmean(logs) if logs else None,
+        "interleaved_log_ratio_var": statistics.variance(logs) if len(logs) >= 2 else None,
+        "interleaved_process_count": len(logs),
         "interleaved_throughput_ratio": ratio,
         "throughput_ratio_ci_low": low,
         "throughput_ratio_ci_high": high,

@@ -124,6 +124,9 @@ COLUMNS: dict[str, Column] = _schema(
         Column("throughput_ratio_ci_low", FLOAT, "ratio", "lower bound of the 95% interval of that ratio (paired hierarchical bootstrap over processes, then step pairs)"),
         Column("throughput_ratio_ci_high", FLOAT, "ratio", "upper bound of that interval"),
         Column("throughput_ratio_ci_method", STRING, "", "'interleaved', or 'unavailable: <reason>' when the interleaved pair failed"),
+        Column("interleaved_log_ratio_mean", FLOAT, "", "mean over the interleaved processes of log(baseline median step time / MoE median step time)"),
+        Column("interleaved_log_ratio_var", FLOAT, "", "variance (n - 1) of those per-process log ratios; `harness.paired` pools it over the run's pairs"),
+        Column("interleaved_process_count", INT, "processes", "interleaved processes the two columns above rest on"),
     ]),
     ("contention", [  # what the machine was doing while the row was measured; see harness.metrics.contention
         Column("contended", BOOL, "", "True when the machine disturbed the timed steps of any process (low CPU share, run-queue wait, steal, load, calibration drift, other GPU processes or throttling); no verdict rests on such a row"),

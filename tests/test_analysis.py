@@ -169,3 +169,37 @@ def test_harness_load_is_a_lazy_reexport():
             "from harness.analysis import load, paired; assert harness.load is load and harness.paired is paired; "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_interleaved_intervals_pool_the_between_process_variance_of_calm_pairs(tmp_path):
+    """Each forward pair recorded two processes' log ratios; the interval uses the variance pooled over
+    the undisturbed pairs (one degree of freedom each), or the pair's own when that is larger."""
+    from scipy.stats import t
+
+    data = rows()
+    moe = [r for r in data if r["kind"] == "moe" and r["workload"] == "forward"]
+    disturbed, split = moe[0]["case_id"], moe[1]["case_id"]
+    for i, row in enumerate(moe):
+        own = 0.05 if row["case_id"] == split else 1e-3 * (1 + i % 3)
+        row.update(interleaved_log_ratio_mean=0.2, interleaved_log_ratio_var=own, interleaved_process_count=2,
+                   interleaved_throughput_ratio=1.2, throughput_ratio_ci_low=0.5, throughput_ratio_ci_high=3.0,
+                   throughput_ratio_ci_method="interleaved", processes=2)
+        if row["case_id"] == disturbed:
+            row.update(contended=True, contention_reason="cpu share 0.4 of 1 thread")
+    pd.DataFrame(data).to_csv(tmp_path / "results.csv", index=False)
+    p = paired(load(tmp_path))
+    forward = p[p["workload"] == "forward"]
+    estimating = [r for r in moe if r["case_id"] != disturbed and r["status"] == "ok"]
+    pooled = float(np.mean([r["interleaved_log_ratio_var"] for r in estimating]))
+    q = t.ppf(0.975, len(estimating))
+    assert (forward["throughput_ratio_ci_method"] == f"interleaved, pooled over {len(estimating)} pairs ({len(estimating)} df)").all()
+    calm = forward[forward["case_id"] == moe[2]["case_id"]].iloc[0]
+    assert calm["throughput_ratio"] == pytest.approx(np.exp(0.2))
+    assert calm["throughput_ratio_ci_low"] == pytest.approx(np.exp(0.2 - q * np.sqrt(pooled / 2)))
+    assert calm["throughput_ratio_ci_high"] == pytest.approx(np.exp(0.2 + q * np.sqrt(pooled / 2)))
+    assert calm["verdict"] == "faster", calm["verdict_reason"]
+    wide = forward[forward["case_id"] == split].iloc[0]
+    assert wide["throughput_ratio_ci_high"] == pytest.approx(np.exp(0.2 + q * np.sqrt(0.05 / 2)))
+    assert wide["verdict"] == "unreliable"
+    assert forward[forward["case_id"] == disturbed].iloc[0]["verdict_cause"] == "contended"
+    assert (p[p["workload"] == "train_step"]["throughput_ratio_ci_method"] == "latency_ci_bounds").all()

@@ -281,6 +281,34 @@ def test_interleaved_ratio_has_its_own_ci(tmp_path, write_suite):
     assert "seed" in frame and (frame["seed"] == 0).all()
 
 
+@pytest.mark.parametrize("process", [1, 2, 3, 4])
+def test_interleaved_order_swaps_between_processes_and_samples_keep_their_side(process, monkeypatch):
+    """Even processes build and step the baseline first; samples_a is the MoE case's either way."""
+    from types import SimpleNamespace
+
+    import harness.metrics.timing
+    import harness.worker as worker
+
+    suite = build_suite({
+        "name": "t", "model": {"vocab_size": 32, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "seq_len": 8},
+        "moe": {"num_experts": 2, "top_k": 1}, "run": {"device": "cpu", "measure_energy": False}, "workloads": ["forward"],
+    })
+    expansion = expand(suite)
+    moe = next(c for c in expansion.cases if c.kind == "moe")
+    dense = next(c for c in expansion.cases if c.kind == "dense")
+    built = []
+
+    def prepare(case, workload_name, device):
+        built.append(case.kind)
+        return None, SimpleNamespace(step=case.kind)
+
+    monkeypatch.setattr(worker, "prepare", prepare)
+    monkeypatch.setattr(harness.metrics.timing, "time_pair", lambda first, second, *a, **k: ([first], [second]))
+    out = worker.measure_interleaved(moe, dense, "forward", process)
+    assert built == (["dense", "moe"] if process % 2 == 0 else ["moe", "dense"])
+    assert (out["samples_a"], out["samples_b"]) == (["moe"], ["dense"])
+
+
 def test_readme_column_table_is_current():
     from harness.results import markdown_table
 

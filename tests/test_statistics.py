@@ -155,3 +155,53 @@ def test_time_steps_says_when_the_repeat_cap_stopped_min_time():
     assert len(capped.seconds) == 20 and capped.min_time_capped
     reached = time_steps(lambda: None, torch.device("cpu"), warmup=0, repeats=30, min_time_s=0.0, max_repeats=20)
     assert len(reached.seconds) == 30 and not reached.min_time_capped
+
+
+def test_pooled_variance_weights_each_pair_by_its_degrees_of_freedom():
+    from harness.metrics.statistics import pooled_variance
+
+    assert pooled_variance([0.01, 0.04, float("nan"), 0.5], [2, 3, 4, 1]) == pytest.approx(((1 * 0.01 + 2 * 0.04) / 3, 3))
+    assert pooled_variance([0.5], [1]) == (pytest.approx(float("nan"), nan_ok=True), 0)
+
+
+def test_pooled_intervals_keep_nominal_coverage_with_two_processes_per_pair():
+    """Four pairs of two processes each, no true difference: the t interval on the pooled variance
+    (4 degrees of freedom) covers 1 about 95% of the time; a normal quantile, or the pooled
+    degrees of freedom mistaken for more, would cover less."""
+    from harness.metrics.statistics import pooled_ratio_intervals, pooled_variance
+
+    rng = np.random.default_rng(0)
+    covered = total = 0
+    for _ in range(3000):
+        logs = rng.normal(0.0, 0.1, size=(4, 2))
+        means, variances = logs.mean(axis=1), logs.var(axis=1, ddof=1)
+        pooled, dof = pooled_variance(variances, [2] * 4)
+        assert dof == 4
+        for _, low, high in pooled_ratio_intervals(means, variances, [2] * 4, pooled, dof):
+            covered += low <= 1.0 <= high
+            total += 1
+    assert 0.94 <= covered / total <= 0.99
+
+
+def test_a_pair_whose_processes_disagree_keeps_its_own_wider_interval():
+    from harness.metrics.statistics import pooled_ratio_intervals, pooled_variance
+
+    means, variances = [0.0, 0.0, 0.0, 0.0], [1e-4, 1e-4, 1e-4, 0.02]
+    pooled, dof = pooled_variance(variances[:3], [2] * 3)
+    calm, *_, split = pooled_ratio_intervals(means, variances, [2] * 4, pooled, dof)
+    assert np.log(split[2] / split[1]) == pytest.approx(np.sqrt(0.02 / 1e-4) * np.log(calm[2] / calm[1]))
+    assert all(np.isnan(b) for b in pooled_ratio_intervals([0.1], [1e-4], [2], pooled, 1)[0][1:])
+    assert all(np.isnan(b) for b in pooled_ratio_intervals([0.1], [float("nan")], [1], pooled, dof)[0][1:])
+
+
+def test_an_interleaved_pass_records_each_process_log_ratio():
+    from harness.pooling import pool_interleaved
+
+    parts = [{"samples_a": [2.0, 2.2, 1.8], "samples_b": [3.0, 3.3, 2.7]},  # MoE 1.5x faster in process 1
+             {"samples_a": [1.0, 1.1, 0.9], "samples_b": [2.0, 2.2, 1.8]}]  # 2x in process 2
+    out = pool_interleaved(parts)
+    logs = [np.log(1.5), np.log(2.0)]
+    assert out["interleaved_process_count"] == 2
+    assert out["interleaved_log_ratio_mean"] == pytest.approx(np.mean(logs))
+    assert out["interleaved_log_ratio_var"] == pytest.approx(np.var(logs, ddof=1))
+    assert pool_interleaved(parts[:1])["interleaved_log_ratio_var"] is None

@@ -231,3 +231,58 @@ def latency_columns(stats: Summary, tokens_per_step: float) -> dict[str, Any]:
         "repeats": stats.n,
         "noisy": stats.noisy,
     }
+
+
+def process_log_ratios(a: Groups, b: Groups) -> list[float]:
+    """log(median of a / median of b) per process, for interleaved timing where process i timed both
+    sides: one replicate of the pair's ratio per process."""
+    return [math.log(float(np.median(x)) / float(np.median(y))) for x, y in zip(as_groups(a), as_groups(b))
+            if len(x) and len(y) and np.median(x) > 0 and np.median(y) > 0]
+
+
+def pooled_variance(variances: Sequence[float], counts: Sequence[int]) -> tuple[float, int]:
+    """(variance, degrees of freedom) pooled over pairs: sum of (P - 1) * variance over sum of (P - 1).
+
+    Each pair's own variance of its processes' log ratios rests on P - 1 degrees of freedom, one with
+    the default two processes, where Student's t widens an interval about 9x and nearly nothing can
+    be decided. How much two processes of identical code differ is a property of the machine and the
+    run more than of the case, so one variance is estimated from every pair. Pairs with one process or
+    a non-finite variance are left out; (NaN, 0) when none is left.
+    """
+    v, n = (np.asarray(list(x), dtype=float) for x in (variances, counts))
+    usable = np.isfinite(v) & (n >= 2)
+    dof = int((n[usable] - 1).sum())
+    if dof == 0:
+        return float("nan"), 0
+    return float(((n[usable] - 1) * v[usable]).sum() / dof), dof
+
+
+def pooled_ratio_intervals(
+    means: Sequence[float], variances: Sequence[float], counts: Sequence[int], pooled: float, dof: int,
+    confidence: float = 0.95,
+) -> list[tuple[float, float, float]]:
+    """(ratio, low, high) per pair: exp(mean +- t(dof) * sqrt(v / P)) on the pair's P per-process log
+    ratios, with v the larger of the pooled variance (`pooled_variance`, `dof` degrees of freedom)
+    and the pair's own.
+
+    The pooled variance gives the interval its degrees of freedom; the pair's own variance keeps a
+    pair whose processes disagree (an offset fixed within each process, which the counterbalanced
+    order of interleaving turns into disagreement) from borrowing the calm of the others. NaN bounds
+    for a pair with one process or no finite mean, and for every pair when the pooled variance has
+    fewer than 2 degrees of freedom."""
+    nan = float("nan")
+    q = None
+    if dof >= 2 and math.isfinite(pooled):
+        from scipy.stats import t
+
+        q = float(t.ppf(1 - (1 - confidence) / 2, dof))
+    out = []
+    for mean, own, count in zip(means, variances, counts):
+        mean, own = float(mean), float(own)
+        ratio = math.exp(mean) if math.isfinite(mean) else nan
+        if q is None or not math.isfinite(mean) or not count >= 2:
+            out.append((ratio, nan, nan))
+            continue
+        half = q * math.sqrt(max(pooled, own if math.isfinite(own) else 0.0) / count)
+        out.append((ratio, math.exp(mean - half), math.exp(mean + half)))
+    return out
