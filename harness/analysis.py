@@ -18,7 +18,7 @@ from harness.errors import UserError
 from harness.metrics import stability
 from harness.metrics.statistics import pooled_ratio_intervals, pooled_variance
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
-from harness.verdict import DEFAULT_MARGIN, Verdict, decide, disturbances, fewest_processes, unreliable_sentence
+from harness.verdict import DEFAULT_MARGIN, WIDE, Verdict, decide, disturbances, fewest_processes, unreliable_sentence
 
 DTYPES: dict[str, str] = {name: column.dtype for name, column in COLUMNS.items()}
 """Every known result column and the pandas dtype `load` gives it (from the schema in `results.py`).
@@ -423,7 +423,9 @@ def trust_notes(pairs: pd.DataFrame, df: pd.DataFrame, info: RunInfo | None = No
     loads = pd.concat([_col(df, "load_avg_start")[contended], _col(df, "load_avg_end")[contended]])
     load = float(loads.max()) if loads.notna().any() else None
     cores = info.fingerprint.get("cpu_count") if info is not None else None
-    sentence = unreliable_sentence(verdicts, load=load, cores=cores)
+    wide = [row for v, (_, row) in zip(verdicts, pairs.iterrows()) if v is not None and v.cause == WIDE]
+    interleaved = all(str(row.get("throughput_ratio_ci_method")).startswith("interleaved") for row in wide)
+    sentence = unreliable_sentence(verdicts, load=load, cores=cores, interleaved=interleaved)
     if sentence:
         notes.append(sentence)
     if "aa" in pairs.attrs:

@@ -128,10 +128,15 @@ def fewest_processes(*counts: Any) -> Optional[int]:
 
 
 def unreliable_sentence(
-    verdicts: Sequence[Optional[Verdict]], noun: str = "pairs", load: Optional[float] = None, cores: Optional[int] = None
+    verdicts: Sequence[Optional[Verdict]], noun: str = "pairs", load: Optional[float] = None, cores: Optional[int] = None,
+    interleaved: bool = True,
 ) -> Optional[str]:
     """One sentence for the top of the report and the end of `run` when any verdict is unreliable:
-    how many, why, and what to do. None when every judged comparison was decided or same."""
+    how many, why, and what to do. None when every judged comparison was decided or same.
+
+    `interleaved=False`: some pair too wide to tell was not timed interleaved. Then that is the
+    advice: two processes per side decided none of the smoke suite's 8 pairs (intervals spanning
+    0.01x-55x), the interleaved pairs of the same run 7."""
     judged = [v for v in verdicts if v is not None]
     bad = [v for v in judged if v.verdict == UNRELIABLE]
     if not bad:
@@ -147,7 +152,8 @@ def unreliable_sentence(
         todo.append("look at the unstable rows' reasons (more seeds, gradient clipping)")
     if causes[WIDE]:
         why.append(f"{causes[WIDE]} with an interval too wide to tell")
-        todo.append("add processes (run.processes: 3 or more) or steps (run.repeats)")
+        todo.append("add processes (run.processes: 3 or more) or steps (run.repeats)" if interleaved else
+                    "time each pair interleaved (interleave: true), or add processes (run.processes: 3 or more)")
     if causes[ONE_PROCESS]:
         why.append(f"{causes[ONE_PROCESS]} timed in one process per side")
         todo.append("set run.processes: 2 or more, or calibrate: aa")

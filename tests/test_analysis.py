@@ -203,3 +203,19 @@ def test_interleaved_intervals_pool_the_between_process_variance_of_calm_pairs(t
     assert wide["verdict"] == "unreliable"
     assert forward[forward["case_id"] == disturbed].iloc[0]["verdict_cause"] == "contended"
     assert (p[p["workload"] == "train_step"]["throughput_ratio_ci_method"] == "latency_ci_bounds").all()
+
+
+def test_trust_notes_advise_interleaving_only_when_a_wide_pair_was_not_interleaved(run, tmp_path):
+    from harness.analysis import trust_notes
+
+    df = load(run)
+    assert "interleave: true" in trust_notes(paired(df), df)[0]
+    data = rows()
+    for row in data:
+        if row["kind"] == "moe":
+            row.update(interleaved_throughput_ratio=1.0, throughput_ratio_ci_low=0.7, throughput_ratio_ci_high=1.4,
+                       throughput_ratio_ci_method="interleaved")
+    pd.DataFrame(data).to_csv(tmp_path / "results.csv", index=False)
+    df = load(tmp_path)
+    notes = trust_notes(paired(df), df)
+    assert "too wide to tell" in notes[0] and "interleave: true" not in notes[0]

@@ -101,3 +101,5 @@ def test_unreliable_sentence_counts_causes_and_says_what_to_do():
     assert sentence.startswith("2 of 3 pairs unreliable")
     assert "load 3.9 on 2 cores" in sentence and "run.processes" in sentence
     assert unreliable_sentence([decide(2, 1.5, 2.5), None]) is None
+    assert "interleave: true" not in sentence
+    assert "interleave: true" in unreliable_sentence(verdicts, interleaved=False)
