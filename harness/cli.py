@@ -121,7 +121,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--head-ref", metavar="REF", help="side B is this git commit (checked out into OUT/src-B)")
     p.add_argument("--out", help="output folder holding A/, B/ and compare.md (default reports/ab-<suite>-<timestamp>)")
     p.add_argument("--threshold", type=float, default=0.10, help="relative change that counts (default 0.10)")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the Mann-Whitney U test (default 0.01)")
+    p.add_argument("--alpha", type=float, default=0.01, help="1 - the confidence level of the intervals that decide (default 0.01: 99%%)")
     p.add_argument("--quiet", action="store_true", help="print only the comparison")
 
     p = sub.add_parser("machine", help="this machine's class; check a baseline or history before running a suite")

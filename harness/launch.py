@@ -114,9 +114,9 @@ def run_job(
         memory_before = oom.read_counters()
         with open(log_path, "w") as log:
             env = None
-            if code is not None:
+            if code is not None:  # and run there: `python -m` puts the working directory first on sys.path
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(code), os.environ.get("PYTHONPATH"))))}
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=code)
             try:
                 returncode = proc.wait(timeout=job.case.run.timeout_s)
             except subprocess.TimeoutExpired:

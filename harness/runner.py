@@ -206,10 +206,10 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
             for process in range(1, max((j.case.run.processes for j in todo), default=0) + 1):
                 for job in todo:
                     row = stored.get(job.key)
-                    if process > job.case.run.processes or (row is not None and row.get("status") != "ok"):
+                    if not pending(job, row, process):
                         continue
-                    stored[job.key] = _advance(job, row, process, store, expansion, suite, here, context, args,
-                                               progress, rendezvous)
+                    stored[job.key] = advance(job, row, process, store, expansion, suite, here, context, progress,
+                                              verbose=args.verbose, rendezvous=rendezvous)
     except Interrupted as exc:
         interrupted = str(exc)
 
@@ -242,6 +242,12 @@ def _measure(args: argparse.Namespace, suite: Suite, store: RunStore, meta: RunI
     return 1 if failed and not args.allow_failures else 0
 
 
+def pending(job: Job, row: dict[str, Any] | None, process: int) -> bool:
+    """Whether worker process `process` of this job is still to run: the case has that many processes
+    and none of the earlier ones failed (a failed row stays failed)."""
+    return process <= job.case.run.processes and (row is None or row.get("status") == "ok")
+
+
 def _finished(row: dict[str, Any] | None, job: Job, suite: Suite) -> bool:
     """A stored row needs nothing more: it failed, or every process (and interleaved process) ran.
     A row from before processes were recorded counts as finished."""
@@ -269,20 +275,21 @@ def _interleaves(job: Job, row: dict[str, Any], suite: Suite) -> bool:
                 and job.case.parallel.nproc == 1)
 
 
-def _advance(job: Job, row: dict[str, Any] | None, process: int, store: RunStore, expansion: Expansion, suite: Suite,
-             fp: dict[str, Any], context: Calibration, args: argparse.Namespace, progress: Progress,
-             rendezvous: Rendezvous = Rendezvous()) -> dict[str, Any] | None:
+def advance(job: Job, row: dict[str, Any] | None, process: int, store: RunStore, expansion: Expansion, suite: Suite,
+            fp: dict[str, Any], context: Calibration, progress: Progress, *, verbose: bool = False,
+            rendezvous: Rendezvous = Rendezvous(), code: Path | None = None, side: str = "") -> dict[str, Any] | None:
     """Run what `process` of this job still lacks (the worker, then its interleaved pass) and store the
     row pooled over every process so far; returns that row (on a node other than node 0 of a
-    multi-node case, which stores nothing, the row it was given)."""
+    multi-node case, which stores nothing, the row it was given). `code` and `side` are `ab`'s: the
+    source tree the workers import (another commit's) and the side's name for the progress line."""
     parts = list((row or {}).get(PER_PROCESS) or [])
     inter = list((row or {}).get(INTERLEAVED) or [])
     total = job.case.run.processes
     if len(parts) < process:
         progress.start(job.case.id, job.case.kind, job.workload)
         started = time.perf_counter()
-        result = run_job(job, store.root, echo_logs=args.verbose, context=context, process=process,
-                         rendezvous=rendezvous)
+        result = run_job(job, store.root, echo_logs=verbose, context=context, process=process,
+                         rendezvous=rendezvous, code=code)
         if result.model_extra.get("elsewhere"):  # node 0's runner stores this row
             progress.finish({"case_id": job.case.id, "kind": job.case.kind, "workload": job.workload,
                              "status": "elsewhere", "error": "stored by node 0"}, time.perf_counter() - started)
@@ -292,7 +299,7 @@ def _advance(job: Job, row: dict[str, Any] | None, process: int, store: RunStore
             if process > 1:
                 failed["error"] = f"process {process} of {total}: {failed.get('error')}"
             store.append(failed)
-            progress.finish(failed, time.perf_counter() - started)
+            progress.finish(failed, time.perf_counter() - started, note=side)
             return failed
         parts.append(result.row)
         row = _pooled(job, parts, inter, expansion, suite, fp)
@@ -300,12 +307,13 @@ def _advance(job: Job, row: dict[str, Any] | None, process: int, store: RunStore
         for record in (*layers, *steps):
             record.update(case_id=job.case.id, workload=job.workload)
         store.append(row, layers, steps)
-        progress.finish(row, time.perf_counter() - started, note=f"process {process}/{total}" if total > 1 else "")
+        note = " ".join(filter(None, (side, f"process {process}/{total}" if total > 1 else "")))
+        progress.finish(row, time.perf_counter() - started, note=note)
     done, failed = interleaved_done(row)
     if _interleaves(job, row, suite) and done < process and not failed:
         # the row is stored already, so an interrupt here loses only this interleaved process
-        result = run_job(job, store.root, echo_logs=args.verbose, pair_with=expansion.by_id()[row["matched_to"]],
-                         process=process)
+        result = run_job(job, store.root, echo_logs=verbose, pair_with=expansion.by_id()[row["matched_to"]],
+                         process=process, code=code)
         keep = ("samples_a", "samples_b", "contention") if result.status == "ok" else ("status", "error")
         inter.append({key: getattr(result, key) for key in keep})
         row = _pooled(job, parts, inter, expansion, suite, fp)
