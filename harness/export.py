@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.atomic import write_atomic
 from harness.errors import UserError
 from harness.results import COLUMNS
-from harness.store import write_atomic
 
 IDENTITY = ("case_id", "kind", "suite", "num_experts", "top_k", "capacity_factor", "impl", "d_model", "n_layers",
             "d_ff", "seq_len", "batch_size", "dtype", "device", "matched_to", "tokens_per_step", "timer")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.atomic import write_atomic
 from harness.environment import COMPARABLE_KEYS
 from harness.errors import UserError
 
@@ -103,6 +104,11 @@ class Entry:
     def when(self) -> str:
         """When it was measured (the run's start), else when it was recorded."""
         return self.started or self.recorded
+
+    def matches(self, machine: str | None, suite: str | None, keys: set[str] | None) -> bool:
+        """Whether `History.entries`' filters keep this entry (a filter left empty keeps every entry)."""
+        return (not machine or self.machine == machine) and (not suite or self.suite == suite) and (
+            keys is None or self.key in keys)
 
     def header(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("key", "recorded", "started", "machine", "git_commit", "suite", "source",
@@ -241,8 +247,7 @@ class SQLiteHistory(History):
                     "SELECT id, run_key, recorded, started, machine, git_commit, suite, source, n_rows, fingerprint "
                     "FROM runs ORDER BY id"):
                 entry = Entry(*values[:-1], fingerprint=json.loads(values[-1]))
-                if (machine and entry.machine != machine) or (suite and entry.suite != suite) or (
-                        _keys is not None and entry.key not in _keys):
+                if not entry.matches(machine, suite, _keys):
                     continue
                 if rows:
                     entry.rows.extend(json.loads(r) for (r,) in con.execute(
@@ -264,18 +269,15 @@ class DirectoryHistory(History):
         self.path.mkdir(parents=True, exist_ok=True)
         if any(self.path.glob(f"*-{entry.short}.json")):
             return False
-        final = self.path / self._name(entry)
-        tmp = self.path / f".{final.name}.{os.getpid()}.tmp"
         doc = {"format": HISTORY_FORMAT, "version": HISTORY_VERSION, **entry.header(), "rows": entry.rows}
-        try:
+
+        def durable(tmp: Path) -> None:
             with open(tmp, "w") as f:
                 json.dump(doc, f, default=str)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        write_atomic(self.path / self._name(entry), durable)
         return True
 
     def _files(self) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -299,8 +301,7 @@ class DirectoryHistory(History):
         for _, doc in self._files():
             entry = Entry(**{k: doc.get(k) for k in ("key", "recorded", "started", "machine", "git_commit", "suite",
                                                      "source", "n_rows")}, fingerprint=doc.get("fingerprint") or {})
-            if (machine and entry.machine != machine) or (suite and entry.suite != suite) or (
-                    _keys is not None and entry.key not in _keys):
+            if not entry.matches(machine, suite, _keys):
                 continue
             if rows:
                 entry.rows.extend(doc.get("rows") or [])

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from harness.analysis import typed
+from harness.atomic import write_atomic
 from harness.contracts import RunInfo, read_run_info
 from harness.errors import UserError
 from harness.pooling import INTERLEAVED, PER_PROCESS
@@ -26,18 +27,6 @@ RAW_ONLY = ("samples_s", PER_PROCESS, INTERLEAVED)
 
 class RunFolderError(UserError):
     """A run folder that cannot be written or read as it is; the message says how to fix it."""
-
-
-def write_atomic(path: Path, write) -> None:
-    """Write through a temporary file and rename it over `path`; a failed write (a full disk) leaves
-    `path` as it was and no temporary file behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402 - after the parent-death request above
 
+from harness.atomic import write_atomic  # noqa: E402
 from harness.config import Case  # noqa: E402
 from harness.contracts import JOB_VERSION, Calibration, IdlePower, WorkerJob, WorkerResult, read_versioned  # noqa: E402
 
@@ -286,9 +287,7 @@ def measure_interleaved(case: Case, other: Case, workload_name: str, process: in
 
 
 def write_result_atomic(path: Path, result: WorkerResult) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result.model_dump(), default=str))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result.model_dump(), default=str)))
 
 
 def start_rank(case: Case) -> "RankSession":

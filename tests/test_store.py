@@ -96,3 +96,23 @@ def test_damaged_run_json_names_the_command_that_rebuilds_it(tmp_path):
         with pytest.raises(RunFolderError) as info:
             store.read_meta()
         assert problem in str(info.value) and f"python -m harness run SUITE.yaml --resume {tmp_path}" in str(info.value)
+
+
+def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path):
+    """Tables, worker results, references and history entries are all written by `write_atomic`."""
+    import pytest
+
+    from harness.atomic import write_atomic
+
+    path = tmp_path / "result.json"
+    write_atomic(path, lambda p: p.write_text("old"))
+
+    def torn(p):
+        p.write_text("ha")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, torn)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    write_atomic(path, lambda p: p.write_text("new"))
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["result.json"]

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.analysis import load, load_run_info
+from harness.atomic import write_atomic
 from harness.compare.records import CaseResult, CompareError, Results
 from harness.values import as_number, plain, strict_json
 
@@ -88,6 +89,4 @@ def reference_text(results: Results, created: str | None = None) -> str:
 
 def save_reference(results: Results, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(reference_text(results))
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: tmp.write_text(reference_text(results)))
