@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harness.metrics.statistics import paired_mean_ci, paired_ratio_ci
-from harness.verdict import UNRELIABLE, Disturbance, Verdict, decide, disturbances
+from harness.verdict import UNRELIABLE, UNSTABLE, Disturbance, Verdict, decide, disturbances
 
 QUALITY_MARGIN = 0.01
 """Δval_loss (nats per byte) inside ±this is called 'same': the spread a thread count alone moves a run by."""
@@ -185,21 +185,28 @@ def group_key(pairs: pd.DataFrame) -> pd.Series:
     return key.astype("string").fillna(pairs["case_id"].astype("string"))
 
 
-def _unstable(group: pd.DataFrame) -> list[Disturbance]:
+LOAD_FREE_METRICS = frozenset({"val_loss", "delta_val_loss", "final_load_cv", "step_speedup", "flop_speedup"})
+"""Quantities a deterministic run gives the same under any machine load: held-out loss, routing, and
+steps (or FLOPs) to a loss. Everything else (step time, time and energy to target) depends on load."""
+
+
+def withholding(row: Any, side: str, metric: str, prefix: str = "") -> list[Disturbance]:
+    """The flags of one row that withhold a verdict on `metric`: the one rule for quality runs.
+
+    An unstable run always does: its loss is that run's accident, not the configuration's. A contended
+    one only when `metric` depends on load: a quality run is deterministic (same seed, threads and
+    device give the same val_loss to the last bit, busy or idle), so contention changes its times and
+    nothing in `LOAD_FREE_METRICS`."""
+    found = disturbances(row, side, prefix=prefix)
+    return found if metric not in LOAD_FREE_METRICS else [d for d in found if d.kind == UNSTABLE]
+
+
+def _withheld(group: pd.DataFrame, metric: str) -> list[Disturbance]:
+    """`withholding` for every MoE row of a configuration and its baselines, seed by seed."""
     found = []
     for _, row in group.iterrows():
         seed = f" seed {int(row['seed'])}" if pd.notna(row.get("seed")) else ""
-        found += [d for d in disturbances(row, f"MoE{seed}") + disturbances(row, f"baseline{seed}", prefix="dense_")
-                  if d.kind == "unstable"]
-    return found
-
-
-def _contended(group: pd.DataFrame) -> list[Disturbance]:
-    found = []
-    for _, row in group.iterrows():
-        seed = f" seed {int(row['seed'])}" if pd.notna(row.get("seed")) else ""
-        found += [d for d in disturbances(row, f"MoE{seed}") + disturbances(row, f"baseline{seed}", prefix="dense_")
-                  if d.kind != "unstable"]
+        found += withholding(row, f"MoE{seed}", metric) + withholding(row, f"baseline{seed}", metric, prefix="dense_")
     return found
 
 
@@ -209,10 +216,10 @@ def replicates(quality: pd.DataFrame) -> pd.DataFrame:
 
     Each seed's MoE is compared with the baseline trained on the same seed (same data order, same
     initial-weight draw for the shared shapes); the interval is over those per-seed differences
-    (`paired_mean_ci`; ratios on log scale). The verdicts come from `harness.verdict.decide`:
-    Δval_loss withholds (unreliable) when any row of any seed trained unstably; val_loss does not
-    depend on machine load, so contention does not; the time speedup withholds for both. One seed
-    has no interval, so its verdict is 'unreliable': a direction needs seeds.
+    (`paired_mean_ci`; ratios on log scale). The verdicts come from `harness.verdict.decide`, withheld
+    (unreliable) by the rows `withholding` names: any unstable row of any seed withholds both; a
+    contended one withholds the time speedup only (val_loss does not depend on load). One seed has
+    no interval, so its verdict is 'unreliable': a direction needs seeds.
     """
     if quality.empty:
         return pd.DataFrame(columns=list(REPLICATE_COLUMNS))
@@ -222,9 +229,8 @@ def replicates(quality: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("seed") if "seed" in group.columns else group
         first = group.iloc[0].to_dict()
         delta, lo, hi = paired_mean_ci(group["delta_val_loss"])
-        unstable = _unstable(group)
         verdict = decide(delta, lo, hi, scale="difference", higher_is_better=False, margin=QUALITY_MARGIN,
-                         disturbed=unstable, words=(BETTER, WORSE))
+                         disturbed=_withheld(group, "delta_val_loss"), words=(BETTER, WORSE))
         entry = {
             **first, "config_id": key, "seeds": int(group["delta_val_loss"].notna().sum()),
             "seed_list": " ".join(str(int(s)) for s in group["seed"].dropna()) if "seed" in group.columns else "",
@@ -236,18 +242,18 @@ def replicates(quality: pd.DataFrame) -> pd.DataFrame:
         for name in ("time", "step", "energy"):
             mean, low, high = paired_ratio_ci(group[f"{name}_speedup"])
             entry.update({f"{name}_speedup": mean, f"{name}_speedup_ci_low": low, f"{name}_speedup_ci_high": high})
-        time = _time_verdict(entry, group, unstable)
+        time = _time_verdict(entry, group)
         entry.update(time_verdict=time.verdict, time_verdict_reason=time.reason)
         out.append(entry)
     return pd.DataFrame(out)
 
 
-def _time_verdict(entry: dict[str, Any], group: pd.DataFrame, unstable: list[Disturbance]) -> Verdict:
+def _time_verdict(entry: dict[str, Any], group: pd.DataFrame) -> Verdict:
     if not math.isfinite(entry["time_speedup"]):
         notes = sorted({str(n) for n in group["to_target_note"].dropna()})
         return Verdict(UNRELIABLE, "; ".join(notes) or "no time-to-target", "no interval")
     return decide(entry["time_speedup"], entry["time_speedup_ci_low"], entry["time_speedup_ci_high"],
-                  margin=SPEEDUP_MARGIN, disturbed=unstable + _contended(group))
+                  margin=SPEEDUP_MARGIN, disturbed=_withheld(group, "time_speedup"))
 
 
 def sentence(row: pd.Series | dict) -> str:
@@ -266,8 +272,8 @@ def sentence(row: pd.Series | dict) -> str:
     return text
 
 
-__all__ = ["BETTER", "QUALITY_MARGIN", "Reach", "SPEEDUP_MARGIN", "WORSE", "curves", "pair_to_target",
-           "replicates", "sentence", "steps_to_target", "to_target"]
+__all__ = ["BETTER", "LOAD_FREE_METRICS", "QUALITY_MARGIN", "Reach", "SPEEDUP_MARGIN", "WORSE", "curves",
+           "pair_to_target", "replicates", "sentence", "steps_to_target", "to_target", "withholding"]
 
 
 # ----------------------------------------------------------------------------- the papers' directions
@@ -342,8 +348,10 @@ def _contrasts(direction: Direction, values: list[Any]) -> list[tuple[Any, Any]]
 def directions(df: pd.DataFrame, steps: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """Each of the papers' `DIRECTIONS` the run can check: configurations that differ only in the
     direction's key, the difference a - b of the metric paired by seed with its t interval over the
-    seeds, and whether the interval supports the claim (`harness.verdict.decide`: unstable rows
-    withhold it; for D3 a collapsed router is the effect itself, so routing collapse does not)."""
+    seeds, and whether the interval supports the claim (`harness.verdict.decide`, withheld by the rows
+    `withholding` names, the same rule as `replicates`: unstable rows withhold it, contended ones do not,
+    since every direction's metric is free of load; for D3 a collapsed router is the effect itself, so
+    routing collapse does not withhold it either)."""
     moe = df[(df["workload"] == "quality") & (df["kind"] == "moe") & (df["status"] == "ok")].copy()
     columns = ["direction", "claim", "contrast", "metric", "seeds", "a_mean", "b_mean", "difference", "ci_low",
                "ci_high", "verdict", "reason"]
@@ -381,7 +389,8 @@ def _contrast(direction: Direction, group: pd.DataFrame, a: Any, b: Any) -> dict
     disturbed = []
     for side, rows in (("a", side_a.loc[seeds]), ("b", side_b.loc[seeds])):
         for seed, row in rows.iterrows():
-            for d in disturbances(row, f"{_value_label(direction.key, a if side == 'a' else b)} seed {seed}"):
+            for d in withholding(row, f"{_value_label(direction.key, a if side == 'a' else b)} seed {seed}",
+                                 direction.metric):
                 if direction.key == "aux_loss_coef" and d.kind == "unstable" and d.reason.startswith("routing collapse"):
                     continue
                 disturbed.append(d)

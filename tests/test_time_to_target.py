@@ -107,14 +107,17 @@ def test_paired_intervals_need_two_seeds():
     assert mean == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
 
 
-def _pairs(deltas: list[float], speedups: list[float], unstable_seed: int | None = None) -> pd.DataFrame:
+def _pairs(deltas: list[float], speedups: list[float], unstable_seed: int | None = None,
+           contended: str | None = None, contended_seed: int = 1) -> pd.DataFrame:
+    """`contended`: 'moe' or 'dense', the side of seed `contended_seed` whose row is contended."""
     rows = []
     for seed, (delta, speedup) in enumerate(zip(deltas, speedups)):
+        busy = {f"{p}contended": seed == contended_seed and contended == side for p, side in (("", "moe"), ("dense_", "dense"))}
         rows.append({"case_id": f"m{seed}", "config_id": "cfg", "seed": seed, "val_loss": 1.5 + delta,
                      "dense_val_loss": 1.5, "delta_val_loss": delta, "time_speedup": speedup,
                      "step_speedup": speedup, "energy_speedup": float("nan"), "to_target_note": pd.NA,
                      "unstable": seed == unstable_seed, "unstable_reason": "loss spike at step 3" if seed == unstable_seed else "",
-                     "dense_unstable": False, "contended": False})
+                     "dense_unstable": False, **busy, "contention_reason": "run queue 40%", "dense_contention_reason": "run queue 40%"})
     return pd.DataFrame(rows)
 
 
@@ -139,6 +142,24 @@ def test_an_unstable_seed_withholds_the_quality_verdict():
     row = quality.replicates(_pairs([-0.10, -0.12, -0.09], [1.5, 1.6, 1.4], unstable_seed=1)).iloc[0]
     assert row["quality_verdict"] == "unreliable" and "seed 1" in row["quality_verdict_reason"]
     assert row["time_verdict"] == "unreliable"
+
+
+@pytest.mark.parametrize("side", ["moe", "dense"])
+def test_a_contended_seed_withholds_the_time_verdict_not_the_quality_one(side):
+    """val_loss of a deterministic run is the same under any load; its step times are not."""
+    row = quality.replicates(_pairs([-0.10, -0.12, -0.09], [1.5, 1.6, 1.4], contended=side)).iloc[0]
+    assert row["quality_verdict"] == "better"
+    assert row["time_verdict"] == "unreliable" and "seed 1 contended" in row["time_verdict_reason"]
+
+
+def test_withholding_is_one_rule_for_load_free_and_timed_metrics():
+    row = {"contended": True, "contention_reason": "busy", "unstable": False}
+    assert quality.withholding(row, "MoE", "val_loss") == []
+    assert quality.withholding(row, "MoE", "final_load_cv") == []
+    assert [d.kind for d in quality.withholding(row, "MoE", "time_speedup")] == ["contended"]
+    assert [d.kind for d in quality.withholding(row, "MoE", "latency_ms_median")] == ["contended"]  # unknown: timed
+    shaky = {**row, "unstable": True, "unstable_reason": "loss spike at step 3"}
+    assert [d.kind for d in quality.withholding(shaky, "MoE", "val_loss")] == ["unstable"]
 
 
 SEEDED = """
@@ -226,6 +247,16 @@ def test_a_direction_the_data_contradicts_or_cannot_tell():
     spiky = df.assign(unstable=df["num_experts"] == 2, unstable_reason="loss spike at step 9")
     d1 = quality.directions(spiky, steps).set_index("direction").loc["D1"]
     assert d1["verdict"] == "cannot tell" and "loss spike" in d1["reason"]
+
+
+def test_contention_does_not_withhold_a_direction():
+    """The same rule as `replicates`' quality verdict: val_loss and load CV do not depend on load."""
+    df, steps = _direction_rows()
+    busy = df.assign(contended=True, contention_reason="run queue 60%")
+    found = quality.directions(busy, steps).set_index(["direction", "contrast"])
+    assert found.loc[("D1", "E8 vs E2")]["verdict"] == "supported"
+    assert found.loc[("D2", "cf1 vs cf1.25")]["verdict"] == "supported"
+    assert found.loc[("D3", "aux_loss_coef=0 vs aux_loss_coef=0.01")]["verdict"] == "supported"
 
 
 def test_keeping_the_weights_does_not_change_what_is_measured():
