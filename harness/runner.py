@@ -25,6 +25,7 @@ from harness.parallel.launcher import Rendezvous
 from harness.pooling import INTERLEAVED, PER_PROCESS, interleaved_done, pool, processes_done, with_interleaved
 from harness.progress import Progress
 from harness.rows import result_row
+from harness.shards import shard_ids
 from harness.store import RunFolderError, RunStore
 from harness.suite import Suite, SuiteError, build_suite, load_suite
 from harness.summary import print_quality, print_summary
@@ -47,13 +48,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
-    """Shards split by case id, so a case lands in the same shard however the suite is ordered."""
-    return shard is None or int(case_id, 16) % shard[1] == shard[0] - 1
-
-
 def jobs_for(suite: Suite, expansion: Expansion, shard: tuple[int, int] | None) -> list[Job]:
-    return [Job(case, w) for case in expansion if in_shard(case.id, shard) for w in suite.workloads]
+    """The (case, workload) jobs of the run, or of one shard of it (`harness.shards`: balanced by work)."""
+    ids = shard_ids(expansion, suite.workloads, shard)
+    return [Job(case, w) for case in expansion if ids is None or case.id in ids for w in suite.workloads]
 
 
 def _default_out(suite: Suite) -> Path:
@@ -127,7 +125,7 @@ def _rebuilt_meta(args: argparse.Namespace, store: RunStore, here: dict[str, Any
     row belongs to it; the fingerprint is this machine's (the rows keep their own provenance)."""
     suite = load_suite(args.suite, tuple(args.overrides))
     shard = parse_shard(args.shard)
-    ids = {case.id for case in expand(suite) if in_shard(case.id, shard)}
+    ids = {job.case.id for job in jobs_for(suite, expand(suite), shard)}
     foreign = {row["case_id"] for row in store.rows()} - ids
     if foreign:
         where = f" (shard {args.shard})" if shard else ""
