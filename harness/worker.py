@@ -155,6 +155,20 @@ def build_and_probe(case: Case, workload_name: str, device: torch.device, sessio
     return model, workload, first, window.close()
 
 
+def after_training_problem(case: Case, session: "RankSession | None", run_dir: str | None) -> str | None:
+    """Why this quality case cannot keep its weights or score lm-eval as asked (naming the key), or None.
+    The suite refuses multi-rank quality cases when it loads; this guards direct callers, before any
+    training, so what was asked is never skipped in silence."""
+    asked = [key for key, on in (("run.save_weights", case.run.save_weights), ("run.lmeval_tasks", case.run.lmeval_tasks)) if on]
+    if not asked:
+        return None
+    if session is not None:
+        return f"{' and '.join(asked)}: not done for a multi-rank case (parallel.nproc {case.parallel.nproc}); the quality workload runs in one process"
+    if run_dir is None:
+        return f"{' and '.join(asked)}: need a run folder to keep the weights and lm-eval's results in (measure(..., run_dir=...))"
+    return None
+
+
 def measure(case: Case, workload_name: str, context: Calibration | None = None, process: int = 1,
             session: "RankSession | None" = None, run_dir: str | None = None) -> Optional[dict[str, Any]]:
     """The measured fields of a `WorkerResult`: the row's columns, per-layer routing and per-step losses.
@@ -172,6 +186,8 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
 
     context = context or Calibration()
     first_process = process == 1
+    if workload_name == "quality" and (problem := after_training_problem(case, session, run_dir)):
+        raise ValueError(problem)
     device = session.device if session is not None else resolve_device(case.run.device)
     limit_memory(case, device)
     compiling_before = compile_seconds() if case.run.compile else None
@@ -226,7 +242,7 @@ def measure(case: Case, workload_name: str, context: Calibration | None = None, 
     row.update({f"{k}_start": v for k, v in gpu_start.items()})
     row.update({f"{k}_end": v for k, v in nvml.gpu_state(device).items()})
     row.update(workload.finish())
-    if workload_name == "quality" and first_process and session is None and run_dir is not None and (case.run.save_weights or case.run.lmeval_tasks):
+    if workload_name == "quality" and first_process and (case.run.save_weights or case.run.lmeval_tasks):
         from harness.checkpoint import folder
         from harness.workloads.quality import after_training
 

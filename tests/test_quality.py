@@ -216,3 +216,51 @@ def test_quality_suite_is_dense_against_top1_experts():
     assert {c.run.seed for c in cases} == {0, 1, 2} and any(c.kind == "dense" for c in cases)
     assert len({(c.run.batch_size, c.model.seq_len, c.run.quality_steps) for c in cases}) == 1
     assert suite.run.eval_every
+
+
+MULTI_RANK = """
+name: multi-rank-quality
+model: {vocab_size: 256, d_model: 32, n_layers: 2, n_heads: 2, d_ff: 64, seq_len: 16}
+moe: {num_experts: 2, top_k: 1}
+run: {quality_steps: 5, save_weights: true}
+workloads: [quality]
+"""
+
+
+@pytest.mark.parametrize("where", ["suite", "sweep", "set"])
+def test_a_multi_rank_quality_case_is_refused_naming_the_key(tmp_path, capsys, where):
+    """Weights and lm-eval come from one trained model in one process: a multi-rank quality case is a
+    suite error when it loads, never a run that skips them."""
+    import yaml
+
+    from harness.cli import main as cli
+
+    data = yaml.safe_load(MULTI_RANK)
+    overrides = ("parallel.nproc=2",) if where == "set" else ()
+    if where == "suite":
+        data["parallel"] = {"nproc": 2}
+    elif where == "sweep":
+        data["sweep"] = {"grid": {"parallel.nproc": [1, 2]}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SuiteError, match=r"parallel.nproc: the quality workload runs in one process"):
+        expand(load_suite(path, overrides))
+    assert cli(["run", str(path), "--out", str(tmp_path / "out"), *(f"--set={o}" for o in overrides)]) == 2
+    err = capsys.readouterr().err
+    assert "parallel.nproc" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("run", [{"save_weights": True}, {"lmeval_tasks": ["harness_cloze"]}])
+def test_the_worker_refuses_to_skip_weights_or_lmeval_in_silence(run):
+    """A direct caller that gives no run folder, or a multi-rank session, is told before any training."""
+    from harness.worker import after_training_problem, measure
+
+    case = tiny_case(**run)
+    key = "run.save_weights" if "save_weights" in run else "run.lmeval_tasks"
+    with pytest.raises(ValueError, match=rf"{key}: need a run folder"):
+        measure(case, "quality")
+    assert key in after_training_problem(case, object(), "/tmp/run")
+    assert "multi-rank" in after_training_problem(case, object(), "/tmp/run")
+    assert after_training_problem(case, None, "/tmp/run") is None
+    assert after_training_problem(tiny_case(), object(), None) is None
