@@ -369,7 +369,8 @@ def directions(df: pd.DataFrame, steps: Optional[pd.DataFrame] = None) -> pd.Dat
         for _, group in keyed.groupby(others, dropna=False, sort=False):
             values = list(dict.fromkeys(group["_key"]))
             for a, b in _contrasts(direction, [v if v is not None else float("nan") for v in values]):
-                out.append(_contrast(direction, group, a, b))
+                if (found := _contrast(direction, group, a, b)) is not None:
+                    out.append(found)
     return pd.DataFrame(out, columns=columns)
 
 
@@ -379,10 +380,14 @@ def _same(value: Any, target: Any) -> bool:
     return target is not None and not pd.isna(target) and float(value) == float(target)
 
 
-def _contrast(direction: Direction, group: pd.DataFrame, a: Any, b: Any) -> dict[str, Any]:
+def _contrast(direction: Direction, group: pd.DataFrame, a: Any, b: Any) -> Optional[dict[str, Any]]:
+    """The paired comparison of `a` with `b`; None when they share no seed (a shard of a run can hold
+    one side only: there is nothing to compare, not a direction to call 'cannot tell')."""
     side_a = group[[_same(v, a) for v in group["_key"]]].set_index("seed")
     side_b = group[[_same(v, b) for v in group["_key"]]].set_index("seed")
     seeds = sorted(set(side_a.index) & set(side_b.index))
+    if not seeds:
+        return None
     va = pd.to_numeric(side_a.loc[seeds, direction.metric], errors="coerce").astype(float)
     vb = pd.to_numeric(side_b.loc[seeds, direction.metric], errors="coerce").astype(float)
     diff, lo, hi = paired_mean_ci((va - vb).to_numpy())

@@ -249,6 +249,16 @@ def test_a_direction_the_data_contradicts_or_cannot_tell():
     assert d1["verdict"] == "cannot tell" and "loss spike" in d1["reason"]
 
 
+def test_a_contrast_whose_sides_share_no_seed_is_left_out():
+    """A shard can hold cf1.0 at seeds 0 and 1 and dropless at seed 2 only: no pair, no row."""
+    df, steps = _direction_rows()
+    dropless, cf1 = df["capacity_factor"].isna(), df["capacity_factor"] == 1.0
+    split = df[~((dropless & (df["seed"] < 2)) | (cf1 & (df["seed"] == 2)))]
+    found = quality.directions(split, steps).set_index(["direction", "contrast"])
+    assert ("D2", "cf1 vs dropless") not in found.index
+    assert found.loc[("D2", "cf1 vs cf1.25")]["seeds"] == 2
+
+
 def test_contention_does_not_withhold_a_direction():
     """The same rule as `replicates`' quality verdict: val_loss and load CV do not depend on load."""
     df, steps = _direction_rows()
