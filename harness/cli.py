@@ -48,7 +48,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--out", help="output folder (default: reports/<suite>-<timestamp>)")
         p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, skipping measured cases")
         p.add_argument("--rerun-failed", action="store_true", help="with --resume: run failed cases again")
-        p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based)")
+        p.add_argument("--shard", metavar="I/N", help="run only shard I of N (1-based): the cases are split so the shards' estimated FLOPs balance")
         p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some cases failed")
         p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
         p.add_argument("--record", metavar="HISTORY",
