@@ -18,6 +18,7 @@ from harness.errors import UserError
 from harness.metrics import stability
 from harness.metrics.statistics import pooled_ratio_intervals, pooled_variance
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
+from harness.values import as_number
 from harness.verdict import DEFAULT_MARGIN, WIDE, Verdict, decide, disturbances, fewest_processes, unreliable_sentence
 
 DTYPES: dict[str, str] = {name: column.dtype for name, column in COLUMNS.items()}
@@ -424,7 +425,9 @@ def trust_notes(pairs: pd.DataFrame, df: pd.DataFrame, info: RunInfo | None = No
     load = float(loads.max()) if loads.notna().any() else None
     cores = info.fingerprint.get("cpu_count") if info is not None else None
     wide = [row for v, (_, row) in zip(verdicts, pairs.iterrows()) if v is not None and v.cause == WIDE]
-    interleaved = all(str(row.get("throughput_ratio_ci_method")).startswith("interleaved") for row in wide)
+    # a multi-rank group cannot alternate steps with another group: interleaving is no advice for it
+    could = [row for row in wide if (as_number(row.get("world_size")) or 1) <= 1]
+    interleaved = all(str(row.get("throughput_ratio_ci_method")).startswith("interleaved") for row in could)
     sentence = unreliable_sentence(verdicts, load=load, cores=cores, interleaved=interleaved)
     if sentence:
         notes.append(sentence)

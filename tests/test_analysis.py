@@ -210,6 +210,8 @@ def test_trust_notes_advise_interleaving_only_when_a_wide_pair_was_not_interleav
 
     df = load(run)
     assert "interleave: true" in trust_notes(paired(df), df)[0]
+    groups = df.assign(world_size=2)  # multi-rank groups cannot be interleaved
+    assert "interleave: true" not in trust_notes(paired(groups), groups)[0]
     data = rows()
     for row in data:
         if row["kind"] == "moe":
