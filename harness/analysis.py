@@ -301,13 +301,20 @@ def _verdicts(out: pd.DataFrame, both_ok: pd.Series, margin: float, margin_measu
             side, state = ("MoE case", row.get("status")) if row.get("status") != "ok" else ("baseline", row.get("dense_status"))
             found.append(Verdict(pd.NA, f"not measured: {side} {'missing' if pd.isna(state) else state}"))
             continue
-        disturbed = disturbances(row, "MoE") + disturbances(row, "baseline", prefix="dense_")
+        disturbed = pair_disturbances(row)
         found.append(decide(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"],
                             margin=margin, disturbed=disturbed, margin_measured=margin_measured,
                             processes=fewest_processes(row.get("processes"), row.get("dense_processes"))))
     out["verdict"] = pd.array([v.verdict for v in found], dtype=STRING)
     out["verdict_reason"] = pd.array([v.reason for v in found], dtype=STRING)
     out["verdict_cause"] = pd.array([v.cause for v in found], dtype=STRING)
+
+
+def pair_disturbances(row: pd.Series) -> list:
+    """What withholds a pair's verdict: either side's own flags, and a disturbed interleaved pass (the
+    measurement the pair's ratio comes from)."""
+    return (disturbances(row, "MoE") + disturbances(row, "baseline", prefix="dense_")
+            + disturbances(row, "interleaved pass", prefix="interleaved_"))
 
 
 def verdict_of(row: pd.Series) -> Verdict | None:
@@ -372,7 +379,7 @@ def _pooled_interleaved(out: pd.DataFrame, use: pd.Series, lo: pd.Series, hi: pd
     the log ratios keep the bootstrap interval."""
     mean, var = _col(out, "interleaved_log_ratio_mean"), _col(out, "interleaved_log_ratio_var")
     count = _col(out, "interleaved_process_count")
-    calm = {i: not (disturbances(r, "MoE") or disturbances(r, "baseline", prefix="dense_")) for i, r in out.iterrows()}
+    calm = {i: not pair_disturbances(r) for i, r in out.iterrows()}
     for _, index in out[use & mean.notna()].groupby("workload").groups.items():
         estimating = [i for i in index if calm[i]]
         variance, dof = pooled_variance(var[estimating], count[estimating].fillna(0))

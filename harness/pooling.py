@@ -91,13 +91,10 @@ def pool_interleaved(parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str
 
 
 def fold_interleaved(row: dict[str, Any], interleaved: dict[str, Any]) -> dict[str, Any]:
-    """The row with its interleaved pass: the ratio columns, and the pass's contention folded into the
-    row's own flag (the pair's verdict rests on both)."""
-    out = {**row, **{k: v for k, v in interleaved.items() if not k.startswith("interleaved_content")}}
-    if interleaved.get("interleaved_contended"):
-        reasons = [r for r in (row.get("contention_reason"), f"interleaved pass: {interleaved['interleaved_contention_reason']}") if r]
-        out.update(contended=True, contention_reason="; ".join(reasons))
-    return out
+    """The row with its interleaved pass: the ratio columns and the pass's own contention
+    (`interleaved_contended`), which withholds the pair's verdict; the row's `contended` stays about
+    the row's own processes, whose timings a disturbed pass did not touch."""
+    return {**row, **interleaved}
 
 
 def processes_done(row: Optional[dict[str, Any]]) -> int:

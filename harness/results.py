@@ -131,6 +131,8 @@ COLUMNS: dict[str, Column] = _schema(
     ("contention", [  # what the machine was doing while the row was measured; see harness.metrics.contention
         Column("contended", BOOL, "", "True when the machine disturbed the timed steps of any process (low CPU share, run-queue wait, steal, load, calibration drift, other GPU processes or throttling); no verdict rests on such a row"),
         Column("contention_reason", STRING, "", "what disturbed it, per process, e.g. 'process 2: cpu share 0.41 of 1 thread'; multi-rank: per rank too ('process 1: rank 1: ...'), the shares counting a rank's time outside its collectives"),
+        Column("interleaved_contended", BOOL, "", "an MoE row's interleaved pass (the pair's ratio) was disturbed; withholds the pair's verdict, not the row's own timings"),
+        Column("interleaved_contention_reason", STRING, "", "what disturbed the interleaved pass, per process"),
         Column("load_avg_start", FLOAT, "", "1-minute load average before the timed steps (largest over the processes)"),
         Column("load_avg_end", FLOAT, "", "1-minute load average after the timed steps (largest over the processes)"),
         Column("cpu_share", FLOAT, "fraction", "CPU time / (wall time x threads) during the timed steps, the lowest over the processes"),

@@ -221,3 +221,29 @@ def test_trust_notes_advise_interleaving_only_when_a_wide_pair_was_not_interleav
     df = load(tmp_path)
     notes = trust_notes(paired(df), df)
     assert "too wide to tell" in notes[0] and "interleave: true" not in notes[0]
+
+
+def test_a_disturbed_interleaved_pass_withholds_the_pair_but_not_the_row(tmp_path):
+    """The interleaved pass gives the pair's ratio, so its contention withholds the verdict; the row's
+    own timings come from other processes, so the row stays uncontended (compare judges it)."""
+    from harness.pooling import with_interleaved
+
+    calm = {"cpu_share": 0.99}
+    parts = [{"samples_a": [1.0, 1.1, 0.9], "samples_b": [2.0, 2.1, 1.9], "contention": calm},
+             {"samples_a": [1.0, 1.1, 0.9], "samples_b": [2.0, 2.2, 1.8],
+              "contention": {"contended": True, "contention_reason": "hypervisor steal 9%"}}]
+    folded = with_interleaved({"contended": False, "contention_reason": None}, parts)
+    assert folded["contended"] is False and folded["interleaved_contended"] is True
+    assert "steal" in folded["interleaved_contention_reason"]
+
+    data = rows()
+    target = case_id("E2 k2 cf1")
+    for row in data:
+        if row["case_id"] == target and row["workload"] == "forward":
+            row.update({k: folded[k] for k in folded if k.startswith(("interleaved_", "throughput_ratio_ci"))})
+    pd.DataFrame(data).to_csv(tmp_path / "results.csv", index=False)
+    df = load(tmp_path)
+    assert not df.loc[(df["case_id"] == target) & (df["workload"] == "forward"), "contended"].fillna(False).any()
+    pair = _row(paired(df), "E2 k2 cf1", "forward")
+    assert pair["verdict"] == "unreliable" and pair["verdict_cause"] == "contended"
+    assert "interleaved pass contended" in pair["verdict_reason"]
