@@ -19,7 +19,16 @@ from harness.metrics import stability
 from harness.metrics.statistics import pooled_ratio_intervals, pooled_variance
 from harness.results import BOOL, COLUMNS, FLOAT, INT, STRING, columns_in
 from harness.values import as_number
-from harness.verdict import DEFAULT_MARGIN, WIDE, Verdict, decide, disturbances, fewest_processes, unreliable_sentence
+from harness.verdict import (
+    DEFAULT_MARGIN,
+    WIDE,
+    Disturbance,
+    Verdict,
+    decide,
+    disturbances,
+    fewest_processes,
+    unreliable_sentence,
+)
 
 DTYPES: dict[str, str] = {name: column.dtype for name, column in COLUMNS.items()}
 """Every known result column and the pandas dtype `load` gives it (from the schema in `results.py`).
@@ -274,14 +283,15 @@ def paired(df: pd.DataFrame, baseline: str = "flop_matched", margin: float | Non
     both_ok = both_ok.fillna(False).astype(bool)
     for ratio, metric in RATIOS.items():
         out[ratio] = safe_ratio(_col(out, metric), _col(out, f"dense_{metric}")).where(both_ok)
-    _ratio_cis(out, both_ok)
+    disturbed = {i: pair_disturbances(row) for i, row in out.iterrows()}
+    _ratio_cis(out, both_ok, disturbed)
     measured = False
     if margin is None and baseline != "aa_copy" and (df["baseline"] == "aa_copy").any():
         out.attrs["aa"] = aa.summarize(paired(df, "aa_copy"))
         margin = aa.margin_from(out.attrs["aa"], DEFAULT_MARGIN)
         measured = out.attrs["aa"].spread is not None
     out.attrs["verdict_margin"] = DEFAULT_MARGIN if margin is None else margin
-    _verdicts(out, both_ok, out.attrs["verdict_margin"], measured)
+    _verdicts(out, both_ok, disturbed, out.attrs["verdict_margin"], measured)
     return out.reset_index(drop=True)
 
 
@@ -292,25 +302,26 @@ def main_rule(df: pd.DataFrame) -> str:
     return next((r for r in ("flop_matched", "param_matched", "aa_copy") if r in rules), "flop_matched")
 
 
-def _verdicts(out: pd.DataFrame, both_ok: pd.Series, margin: float, margin_measured: bool) -> None:
+def _verdicts(out: pd.DataFrame, both_ok: pd.Series, disturbed: dict[Any, list[Disturbance]], margin: float,
+              margin_measured: bool) -> None:
     """`verdict`, `verdict_reason` and (when unreliable) `verdict_cause` per pair: the one rule
-    (harness.verdict) on the throughput ratio, both rows' disturbance flags and process counts."""
+    (harness.verdict) on the throughput ratio, the pair's disturbances (`pair_disturbances`) and
+    both rows' process counts."""
     found: list[Verdict | None] = []
-    for ok, (_, row) in zip(both_ok, out.iterrows()):
+    for ok, (i, row) in zip(both_ok, out.iterrows()):
         if not ok:
             side, state = ("MoE case", row.get("status")) if row.get("status") != "ok" else ("baseline", row.get("dense_status"))
             found.append(Verdict(pd.NA, f"not measured: {side} {'missing' if pd.isna(state) else state}"))
             continue
-        disturbed = pair_disturbances(row)
         found.append(decide(row["throughput_ratio"], row["throughput_ratio_ci_low"], row["throughput_ratio_ci_high"],
-                            margin=margin, disturbed=disturbed, margin_measured=margin_measured,
+                            margin=margin, disturbed=disturbed[i], margin_measured=margin_measured,
                             processes=fewest_processes(row.get("processes"), row.get("dense_processes"))))
     out["verdict"] = pd.array([v.verdict for v in found], dtype=STRING)
     out["verdict_reason"] = pd.array([v.reason for v in found], dtype=STRING)
     out["verdict_cause"] = pd.array([v.cause for v in found], dtype=STRING)
 
 
-def pair_disturbances(row: pd.Series) -> list:
+def pair_disturbances(row: pd.Series) -> list[Disturbance]:
     """What withholds a pair's verdict: either side's own flags, and a disturbed interleaved pass (the
     measurement the pair's ratio comes from)."""
     return (disturbances(row, "MoE") + disturbances(row, "baseline", prefix="dense_")
@@ -345,7 +356,7 @@ def latency_columns(df: pd.DataFrame, prefix: str = "") -> tuple[pd.Series, pd.S
     return tuple(_col(df, f"{prefix}latency_ms_{s}") for s in ("median", "ci_low", "ci_high"))  # type: ignore[return-value]
 
 
-def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series) -> None:
+def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series, disturbed: dict[Any, list[Disturbance]]) -> None:
     moe_lat, dense_lat = latency_columns(out), latency_columns(out, "dense_")
     lo, hi = throughput_ratio_bounds(out["throughput_ratio"], moe_lat, dense_lat)
     lo, hi = lo.where(both_ok), hi.where(both_ok)
@@ -361,7 +372,7 @@ def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series) -> None:
     if "throughput_ratio_ci_method" in out.columns:  # keep the run's reason when the interleaved pair failed
         stated = out["throughput_ratio_ci_method"].astype(STRING)
         method = method.mask(~use & stated.str.startswith("unavailable").fillna(False), stated)
-    lo, hi, method = _pooled_interleaved(out, use, lo, hi, method)
+    lo, hi, method = _pooled_interleaved(out, use, lo, hi, method, disturbed)
     out["throughput_ratio_ci_low"], out["throughput_ratio_ci_high"] = lo, hi
     out["throughput_ratio_ci_method"] = method
     lat_ok = both_ok & (moe_lat[1] > 0) & (moe_lat[2] > 0) & (dense_lat[1] > 0) & (dense_lat[2] > 0)
@@ -369,8 +380,8 @@ def _ratio_cis(out: pd.DataFrame, both_ok: pd.Series) -> None:
     out["latency_ratio_ci_high"] = (moe_lat[2] / dense_lat[1]).where(lat_ok)
 
 
-def _pooled_interleaved(out: pd.DataFrame, use: pd.Series, lo: pd.Series, hi: pd.Series,
-                        method: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+def _pooled_interleaved(out: pd.DataFrame, use: pd.Series, lo: pd.Series, hi: pd.Series, method: pd.Series,
+                        disturbed: dict[Any, list[Disturbance]]) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Interleaved pairs' intervals from the per-process log ratios, with the between-process variance
     pooled over the run's undisturbed pairs of the same workload (`statistics.pooled_variance` and
     `pooled_ratio_intervals`). With two processes a pair's own variance has one degree of freedom and
@@ -379,9 +390,8 @@ def _pooled_interleaved(out: pd.DataFrame, use: pd.Series, lo: pd.Series, hi: pd
     the log ratios keep the bootstrap interval."""
     mean, var = _col(out, "interleaved_log_ratio_mean"), _col(out, "interleaved_log_ratio_var")
     count = _col(out, "interleaved_process_count")
-    calm = {i: not pair_disturbances(r) for i, r in out.iterrows()}
     for _, index in out[use & mean.notna()].groupby("workload").groups.items():
-        estimating = [i for i in index if calm[i]]
+        estimating = [i for i in index if not disturbed[i]]
         variance, dof = pooled_variance(var[estimating], count[estimating].fillna(0))
         found = pooled_ratio_intervals(mean[index], var[index], count[index].fillna(0), variance, dof)
         for i, (ratio, low, high) in zip(index, found):

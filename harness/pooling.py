@@ -90,13 +90,6 @@ def pool_interleaved(parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str
     }
 
 
-def fold_interleaved(row: dict[str, Any], interleaved: dict[str, Any]) -> dict[str, Any]:
-    """The row with its interleaved pass: the ratio columns and the pass's own contention
-    (`interleaved_contended`), which withholds the pair's verdict; the row's `contended` stays about
-    the row's own processes, whose timings a disturbed pass did not touch."""
-    return {**row, **interleaved}
-
-
 def processes_done(row: Optional[dict[str, Any]]) -> int:
     """Worker processes a stored row already pools (a row from before processes were recorded: one)."""
     if row is None:
@@ -111,13 +104,15 @@ def interleaved_done(row: Optional[dict[str, Any]]) -> tuple[int, bool]:
 
 
 def with_interleaved(row: dict[str, Any], parts: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
-    """A pooled row with its interleaved processes (raw parts kept for resuming)."""
+    """A pooled row with its interleaved processes (raw parts kept for resuming): the ratio columns and
+    the pass's own contention (`interleaved_contended`), which withholds the pair's verdict; the row's
+    `contended` stays about the row's own processes, whose timings a disturbed pass did not touch."""
     if not parts:
         return row
     failed = next((p for p in parts if p.get("status", "ok") != "ok"), None)
     if failed is not None:
         out = {**row, "throughput_ratio_ci_method": f"unavailable: interleaved pair {failed.get('status')}: {failed.get('error')}"}
     else:
-        out = fold_interleaved(row, pool_interleaved(parts, seed))
+        out = {**row, **pool_interleaved(parts, seed)}
     out[INTERLEAVED] = list(parts)
     return out

@@ -396,7 +396,7 @@ def _contrast(direction: Direction, group: pd.DataFrame, a: Any, b: Any) -> Opti
         for seed, row in rows.iterrows():
             for d in withholding(row, f"{_value_label(direction.key, a if side == 'a' else b)} seed {seed}",
                                  direction.metric):
-                if direction.key == "aux_loss_coef" and d.kind == "unstable" and d.reason.startswith("routing collapse"):
+                if direction.key == "aux_loss_coef" and d.kind == UNSTABLE and d.reason.startswith("routing collapse"):
                     continue
                 disturbed.append(d)
     verdict = decide(diff, lo, hi, scale="difference", higher_is_better=direction.expect == "higher",

@@ -218,8 +218,6 @@ def _note(j: Judgement) -> str:
     return f"window restarted at a level step of {j.level.change:+.0%}"
 
 
-
-
 def run_against_history(run_dir: str, history_path: str, window: int, threshold: float, fmt: str,
                         record: bool = True) -> int:
     """`compare RUN --history H`: print the comparison, append the run to the history (unless `record` is

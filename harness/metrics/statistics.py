@@ -236,8 +236,8 @@ def latency_columns(stats: Summary, tokens_per_step: float) -> dict[str, Any]:
 def process_log_ratios(a: Groups, b: Groups) -> list[float]:
     """log(median of a / median of b) per process, for interleaved timing where process i timed both
     sides: one replicate of the pair's ratio per process."""
-    return [math.log(float(np.median(x)) / float(np.median(y))) for x, y in zip(as_groups(a), as_groups(b))
-            if len(x) and len(y) and np.median(x) > 0 and np.median(y) > 0]
+    medians = [(float(np.median(x)), float(np.median(y))) for x, y in zip(as_groups(a), as_groups(b)) if len(x) and len(y)]
+    return [math.log(x / y) for x, y in medians if x > 0 and y > 0]
 
 
 def pooled_variance(variances: Sequence[float], counts: Sequence[int]) -> tuple[float, int]:
