@@ -212,8 +212,8 @@ def test_quality_suite_is_dense_against_top1_experts():
     configs = {(c.moe.experts, c.moe.capacity_factor, c.moe.aux_loss_coef) for c in moe}
     # D1: 2 vs 8 experts; D2: capacity 1.0 vs 1.25 and dropless; D3: no balancing loss
     assert configs == {(2, 1.25, 0.01), (8, 1.25, 0.01), (8, 1.0, 0.01), (8, None, 0.01), (8, 1.25, 0.0)}
-    assert {c.moe.k for c in moe} == {1} and len(moe) == 15
-    assert {c.run.seed for c in cases} == {0, 1, 2} and any(c.kind == "dense" for c in cases)
+    assert {c.moe.k for c in moe} == {1} and len(moe) == 25
+    assert {c.run.seed for c in cases} == {0, 1, 2, 3, 4} and any(c.kind == "dense" for c in cases)
     assert len({(c.run.batch_size, c.model.seq_len, c.run.quality_steps) for c in cases}) == 1
     assert suite.run.eval_every
 
