@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import oom
+from harness import forkserver, oom
 from harness.config import Case
 from harness.contracts import RESULT_VERSION, Calibration, WorkerJob, WorkerResult, read_versioned
 from harness.parallel import launcher
@@ -112,20 +112,17 @@ def run_job(
         cmd = (launcher.command(job.case.parallel.nproc, worker_args, rendezvous)
                if group else [sys.executable, "-m", "harness.worker", *worker_args])
         memory_before = oom.read_counters()
-        with open(log_path, "w") as log:
-            env = None
-            if code is not None:  # and run there: `python -m` puts the working directory first on sys.path
-                env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(code), os.environ.get("PYTHONPATH"))))}
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=code)
-            try:
-                returncode = proc.wait(timeout=job.case.run.timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                return WorkerResult(status="timeout",
-                                    error=f"no result after the {job.case.run.timeout_s:g} s timeout (run.timeout_s)")
-            except BaseException:
-                _kill(proc)
-                raise
+        proc = (forkserver.start(worker_args, log_path) if code is None and not group and forkserver.serves(job.case)
+                else _start(cmd, log_path, code))
+        try:
+            returncode = proc.wait(timeout=job.case.run.timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return WorkerResult(status="timeout",
+                                error=f"no result after the {job.case.run.timeout_s:g} s timeout (run.timeout_s)")
+        except BaseException:
+            proc.kill()
+            raise
         if echo_logs:
             sys.stderr.write(log_path.read_text(errors="replace"))
         if result_path.exists():
@@ -155,9 +152,28 @@ def _group_result(job: Job, result_path: Path, log_path: Path, rendezvous: Rende
     return WorkerResult(status=status, error=reason)
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+class _Started:
+    """A worker or torchrun group in a fresh interpreter, in its own session."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self._popen = popen
+        self.pid = popen.pid
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._popen.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._popen.wait()
+
+
+def _start(cmd: list[str], log_path: Path, code: Path | None) -> _Started:
+    env = None
+    if code is not None:  # and run there: `python -m` puts the working directory first on sys.path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(code), os.environ.get("PYTHONPATH"))))}
+    with open(log_path, "w") as log:
+        return _Started(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=env, cwd=code))

@@ -221,6 +221,7 @@ COLUMNS: dict[str, Column] = _schema(
         Column("harness_version", STRING, "", "moe-harness version"),
         Column("torch_version", STRING, "", "torch version in the worker"),
         Column("git_commit", STRING, "", "commit of the harness checkout, '+dirty' when modified"),
+        Column("worker_start", STRING, "", "how the worker process began: 'forkserver' (a CPU case, forked from a process that had already imported torch and the worker) or 'exec' (a fresh interpreter: GPU cases, torchrun ranks, `ab`'s other commits, or an environment changed since the forkserver started)"),
     ]),
 )
 

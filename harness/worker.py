@@ -364,13 +364,16 @@ def rank_main(job: WorkerJob, result_path: Path) -> int:
         leave(WorkerResult(status=classify(exc), error=one_line(exc), victim=isinstance(exc, CollectiveError),
                            at=time.time()), 1)
     if measured is not None:
+        measured["row"]["worker_start"] = "exec"
         write_result_atomic(result_path, WorkerResult(status="ok", **measured))
     torch.distributed.destroy_process_group()
     write_result_atomic(rank_path(result_path, rank), WorkerResult(status="ok"))
     return 0
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], start: str = "exec") -> int:
+    """`start` says how this process began (`worker_start`): a fresh interpreter or a fork of the
+    preloaded forkserver (`harness.forkserver`)."""
     job_path, result_path = Path(argv[0]), Path(argv[1])
     job = read_versioned(WorkerJob, json.loads(job_path.read_text()), JOB_VERSION, str(job_path))
     if job.case.parallel.nproc > 1 and job.pair_with is None:
@@ -380,6 +383,7 @@ def main(argv: list[str]) -> int:
             measured = measure_interleaved(job.case, job.pair_with, job.workload, job.process)
         else:
             measured = measure(job.case, job.workload, job.context, job.process, run_dir=job.run_dir)
+            measured["row"]["worker_start"] = start
         result = WorkerResult(status="ok", **measured)
     except Exception as exc:  # noqa: BLE001 - every failure must become a row, never a lost case
         traceback.print_exc()

@@ -89,3 +89,21 @@ def _hangs_rank1(model, case, device):
 
 
 hangs_rank1 = _hangs_rank1
+
+
+def _sleeps_and_tells(model, case, device):
+    """Writes its pid where the test can find it (a file named by the case's seed), then sleeps."""
+    import tempfile
+
+    with open(os.path.join(tempfile.gettempdir(), f"harness-sleeper-{case.run.seed}"), "w") as f:
+        f.write(str(os.getpid()))
+    return Workload(_sleep, tokens_per_step=1, training=False)
+
+
+def _reports_environment(model, case, device):
+    """Fails with the value of HARNESS_TEST_PROBE in the message: which environment the worker ran in."""
+    raise ValueError(f"HARNESS_TEST_PROBE={os.environ.get('HARNESS_TEST_PROBE')}")
+
+
+sleeps_and_tells = _sleeps_and_tells
+reports_environment = _reports_environment
