@@ -1,5 +1,4 @@
 """Workers forked from the preloaded forkserver behave as workers started in a fresh interpreter."""
-import os
 import random
 import tempfile
 import time
